@@ -1,0 +1,50 @@
+"""hippojax: pure, jit-compiled hypergradients for hyperparameter optimisation.
+
+Each algorithm is a pure function ``(train_step, val_loss, hparams, …) ->
+HyperGrad`` built on ``jax.vjp``/``jax.jvp``; see the README for the method
+table and the design.
+"""
+
+from hippojax._src.base import HyperGrad
+from hippojax._src.base import HyperGradInfo
+from hippojax._src.base import SolverStats
+from hippojax._src.implicit import hoag
+from hippojax._src.implicit import ift
+from hippojax._src.implicit import implicit_hypergrad
+from hippojax._src.one_step import t1t2
+from hippojax._src.solvers import BiCGStab
+from hippojax._src.solvers import CG
+from hippojax._src.solvers import GMRES
+from hippojax._src.solvers import Neumann
+from hippojax._src.steps import GradientStep
+from hippojax._src.steps import gradient_step
+from hippojax._src.steps import HeavyBallState
+from hippojax._src.steps import HeavyBallStep
+from hippojax._src.steps import heavy_ball_step
+from hippojax._src.unrolled import drmad
+from hippojax._src.unrolled import forward
+from hippojax._src.unrolled import reverse
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "BiCGStab",
+    "CG",
+    "GMRES",
+    "GradientStep",
+    "HeavyBallState",
+    "HeavyBallStep",
+    "HyperGrad",
+    "HyperGradInfo",
+    "Neumann",
+    "SolverStats",
+    "drmad",
+    "forward",
+    "gradient_step",
+    "heavy_ball_step",
+    "hoag",
+    "ift",
+    "implicit_hypergrad",
+    "reverse",
+    "t1t2",
+)

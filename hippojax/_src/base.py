@@ -1,0 +1,73 @@
+"""Result types shared by every hypergradient algorithm and linear solver."""
+
+from typing import Any, NamedTuple
+
+import jax
+
+PyTree = Any
+
+
+class SolverStats(NamedTuple):
+  """Diagnostics of one linear solve ``A x = b``.
+
+  Attributes:
+    num_iters: iterations (matrix-vector products of the main loop) used, as an
+      int32 array; ``-1`` where the backend does not report it (GMRES and
+      BiCGStab from ``jax.scipy``).
+    residual: the *honest* relative residual ``‖b − A x‖ / ‖b‖``, recomputed
+      from the returned ``x`` with one extra product (``0`` when ``b = 0``;
+      ``nan`` when anything went non-finite).
+    converged: ``residual <= tol`` and every value finite.
+  """
+
+  num_iters: jax.Array
+  residual: jax.Array
+  converged: jax.Array
+
+
+class HyperGradInfo(NamedTuple):
+  """Diagnostics attached to a :class:`HyperGrad`.
+
+  The fields are present for every method, so results of one method always
+  have the same pytree structure:
+
+  * implicit methods (``ift``, ``hoag``, ``implicit_hypergrad``): the linear
+    solve's ``num_iters``, relative ``residual`` of ``(I − Jᵀ) q = ∇_w L_val``,
+    ``converged`` flag, and its ``solution`` ``q`` (pass it back as ``init`` to
+    warm-start the next solve);
+  * ``t1t2``, ``reverse``, ``drmad``: ``num_iters`` is the number of
+    ``train_step`` VJPs taken (1 or T), ``residual`` is ``0`` (``nan`` if the
+    result is not finite), ``converged`` says the result is finite, and
+    ``solution`` is the adjoint ``∂ L_val / ∂ params`` at the first step
+    (``params`` for ``t1t2``, ``params0`` for ``reverse``; DrMAD's approximation
+    of it);
+  * ``forward``: as for ``reverse`` but ``solution`` is ``None`` (forward mode
+    never forms the adjoint).
+
+  Attributes:
+    num_iters: int32 array.
+    residual: float array, relative residual.
+    converged: bool array.
+    solution: pytree shaped like ``params``, or ``None`` (``forward``).
+  """
+
+  num_iters: jax.Array
+  residual: jax.Array
+  converged: jax.Array
+  solution: PyTree
+
+
+class HyperGrad(NamedTuple):
+  """The result of every hypergradient algorithm.
+
+  Attributes:
+    grad: ``d L_val / d hparams``, with the structure, shapes and dtypes of
+      ``hparams``.
+    value: the validation loss at the point where it was evaluated (at
+      ``params`` for the implicit methods, after the step(s) otherwise).
+    info: a :class:`HyperGradInfo` with solver diagnostics.
+  """
+
+  grad: PyTree
+  value: jax.Array
+  info: HyperGradInfo

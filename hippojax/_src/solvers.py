@@ -1,0 +1,219 @@
+r"""Pluggable linear solvers on pytrees: ``solve(matvec, b, init) -> (x, stats)``.
+
+Each solver is a small frozen dataclass, so two solvers with equal options are
+equal and hash alike, and passing one as a static argument never triggers a
+recompilation. Every solver returns :class:`~hippojax.SolverStats` with the
+*honest* relative residual ``‖b − A x‖ / ‖b‖``, recomputed from the returned
+``x`` with one extra product, instead of discarding it.
+
+In hippojax the operator is ``A = I − Jᵀ`` with ``J = ∂Φ/∂w`` the Jacobian of
+one training step.
+"""
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import jax.scipy.sparse.linalg as jsp_linalg
+import optax
+
+from hippojax._src import checks
+from hippojax._src.base import SolverStats
+
+PyTree = Any
+MatVec = Callable[[PyTree], PyTree]
+
+
+def _norm(tree: PyTree) -> jax.Array:
+  return optax.tree.norm(tree)
+
+
+def _stats(matvec: MatVec, b: PyTree, x: PyTree, tol: float,
+           num_iters) -> SolverStats:
+  """Recomputes the relative residual from ``x`` (one product)."""
+  r = optax.tree.sub(b, matvec(x))
+  b_norm = _norm(b)
+  r_norm = _norm(r)
+  # ‖b‖ = 0 has the exact answer x = 0; report r itself rather than 0/0.
+  residual = r_norm / jnp.where(b_norm > 0, b_norm, 1.0)
+  x_finite = jnp.isfinite(_norm(x))
+  residual = jnp.where(x_finite, residual, jnp.nan)
+  converged = jnp.isfinite(residual) & (residual <= tol)
+  return SolverStats(jnp.asarray(num_iters, jnp.int32), residual, converged)
+
+
+def _initial(b: PyTree, init: PyTree | None) -> PyTree:
+  return optax.tree.zeros_like(b) if init is None else init
+
+
+@dataclasses.dataclass(frozen=True)
+class Neumann:
+  r"""Truncated Neumann series (Richardson iteration).
+
+  .. math::
+     x = x_0 + \sum_{j=0}^{K} (I - A)^j r_0, \qquad r_0 = b - A x_0,
+
+  which for ``A = I − Jᵀ`` and ``x_0 = 0`` is ``Σ_{j=0}^{K} (Jᵀ)^j b``, using
+  ``K = num_iters`` products (plus one for the residual, which here is
+  ``(I − A)^{K+1} r_0``). It converges when the spectral radius of ``I − A``
+  is below one; ``num_iters=0`` gives ``x = x_0 + r_0`` (``b`` from zero).
+
+  Attributes:
+    num_iters: number of series terms beyond the first (products with
+      ``I − A``), ``>= 0``.
+    tol: relative residual under which ``converged`` is reported. It does not
+      stop the series early: the cost is always ``num_iters`` products.
+  """
+
+  num_iters: int = 10
+  tol: float = 1e-3
+
+  def __post_init__(self):
+    checks.check_int("num_iters", self.num_iters, 0)
+    checks.check_positive("tol", self.tol)
+
+  def __call__(self, matvec: MatVec, b: PyTree,
+               init: PyTree | None = None) -> tuple[PyTree, SolverStats]:
+    complement = lambda v: optax.tree.sub(v, matvec(v))  # (I − A) v
+    r0 = b if init is None else optax.tree.sub(b, matvec(init))
+
+    def body(_, carry):
+      term, total = carry
+      term = complement(term)
+      return term, optax.tree.add(total, term)
+
+    term, total = jax.lax.fori_loop(0, self.num_iters, body, (r0, r0))
+    x = total if init is None else optax.tree.add(init, total)
+    # b − A x = (I − A)^{K+1} r0: one more product gives the residual exactly.
+    r = complement(term)
+    b_norm = _norm(b)
+    residual = _norm(r) / jnp.where(b_norm > 0, b_norm, 1.0)
+    residual = jnp.where(jnp.isfinite(_norm(x)), residual, jnp.nan)
+    stats = SolverStats(
+        jnp.asarray(self.num_iters, jnp.int32), residual,
+        jnp.isfinite(residual) & (residual <= self.tol))
+    return x, stats
+
+
+@dataclasses.dataclass(frozen=True)
+class CG:
+  r"""Conjugate gradient for symmetric positive-definite ``A``.
+
+  The iteration and stopping rule are those of
+  :func:`jax.scipy.sparse.linalg.cg` (stop when ``‖r_k‖ <= tol·‖b‖`` or after
+  ``maxiter`` iterations). It is written out here because ``jax.scipy``'s CG
+  returns no information at all (nor does JAXopt's ``solve_cg``), and HOAG
+  needs the iteration count and residual for its diagnostics and warm starts.
+
+  Attributes:
+    tol: relative tolerance, ``> 0``.
+    maxiter: maximum number of iterations (products), ``>= 1``.
+  """
+
+  tol: float = 1e-6
+  maxiter: int = 100
+
+  def __post_init__(self):
+    checks.check_positive("tol", self.tol)
+    checks.check_int("maxiter", self.maxiter, 1)
+
+  def __call__(self, matvec: MatVec, b: PyTree,
+               init: PyTree | None = None) -> tuple[PyTree, SolverStats]:
+    x0 = _initial(b, init)
+    r0 = b if init is None else optax.tree.sub(b, matvec(x0))
+    gamma0 = optax.tree.vdot(r0, r0)
+    threshold = self.tol**2 * optax.tree.vdot(b, b)
+
+    def cond(carry):
+      _, _, gamma, _, k = carry
+      return (gamma > threshold) & (k < self.maxiter)
+
+    def body(carry):
+      x, r, gamma, p, k = carry
+      ap = matvec(p)
+      curvature = optax.tree.vdot(p, ap)
+      alpha = gamma / jnp.where(curvature != 0, curvature, 1.0)
+      x = optax.tree.add_scale(x, alpha, p)
+      r = optax.tree.add_scale(r, -alpha, ap)
+      gamma_new = optax.tree.vdot(r, r)
+      beta = gamma_new / jnp.where(gamma != 0, gamma, 1.0)
+      p = optax.tree.add_scale(r, beta, p)
+      return x, r, gamma_new, p, k + 1
+
+    x, *_, k = jax.lax.while_loop(cond, body, (x0, r0, gamma0, r0, 0))
+    return x, _stats(matvec, b, x, self.tol, k)
+
+
+@dataclasses.dataclass(frozen=True)
+class GMRES:
+  """Restarted GMRES (:func:`jax.scipy.sparse.linalg.gmres`), any square ``A``.
+
+  Use it for non-symmetric fixed-point maps such as momentum or Adam steps.
+  ``jax.scipy`` does not report the iterations used, so ``num_iters`` is ``-1``;
+  the residual is recomputed honestly.
+
+  Attributes:
+    tol: relative tolerance, ``> 0``.
+    maxiter: maximum number of restart cycles, ``>= 1``.
+    restart: Krylov subspace size per cycle, ``>= 1``.
+  """
+
+  tol: float = 1e-6
+  maxiter: int = 10
+  restart: int = 20
+
+  def __post_init__(self):
+    checks.check_positive("tol", self.tol)
+    checks.check_int("maxiter", self.maxiter, 1)
+    checks.check_int("restart", self.restart, 1)
+
+  def __call__(self, matvec: MatVec, b: PyTree,
+               init: PyTree | None = None) -> tuple[PyTree, SolverStats]:
+    x, _ = jsp_linalg.gmres(matvec, b, x0=_initial(b, init), tol=self.tol,
+                            atol=0.0, restart=self.restart,
+                            maxiter=self.maxiter, solve_method="batched")
+    return x, _stats(matvec, b, x, self.tol, -1)
+
+
+@dataclasses.dataclass(frozen=True)
+class BiCGStab:
+  """BiCGStab (:func:`jax.scipy.sparse.linalg.bicgstab`), any square ``A``.
+
+  ``jax.scipy`` does not report the iterations used, so ``num_iters`` is
+  ``-1``; the residual is recomputed honestly.
+
+  Attributes:
+    tol: relative tolerance, ``> 0``.
+    maxiter: maximum number of iterations, ``>= 1``.
+  """
+
+  tol: float = 1e-6
+  maxiter: int = 100
+
+  def __post_init__(self):
+    checks.check_positive("tol", self.tol)
+    checks.check_int("maxiter", self.maxiter, 1)
+
+  def __call__(self, matvec: MatVec, b: PyTree,
+               init: PyTree | None = None) -> tuple[PyTree, SolverStats]:
+    x, _ = jsp_linalg.bicgstab(matvec, b, x0=_initial(b, init), tol=self.tol,
+                               atol=0.0, maxiter=self.maxiter)
+    return x, _stats(matvec, b, x, self.tol, -1)
+
+
+SOLVERS = {"neumann": Neumann, "cg": CG, "gmres": GMRES, "bicgstab": BiCGStab}
+
+
+def get_solver(solver: Any) -> Callable:
+  """Turns a solver name or instance into a ``solve(matvec, b, init)``."""
+  if isinstance(solver, str):
+    if solver not in SOLVERS:
+      raise ValueError(f"solver={solver!r} is not one of {sorted(SOLVERS)}; "
+                       "or pass a solver instance such as hippojax.CG(...).")
+    return SOLVERS[solver]()
+  if not callable(solver):
+    raise TypeError(
+        f"solver must be a name in {sorted(SOLVERS)} or a callable "
+        f"solve(matvec, b, init) -> (x, SolverStats), got {solver!r}.")
+  return solver
