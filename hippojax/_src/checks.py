@@ -73,6 +73,21 @@ def _describe(x) -> str:
   return f"shape {tuple(x.shape)} dtype {x.dtype}"
 
 
+def _structure_difference(name: str, expected: PyTree, got: PyTree) -> str:
+  """Names the paths present in one pytree and not in the other."""
+  paths = lambda t: [jax.tree_util.keystr(p) for p, _ in
+                     jax.tree_util.tree_flatten_with_path(t)[0]]
+  want, have = paths(expected), paths(got)
+  missing = [name + p for p in want if p not in have]
+  extra = [name + p for p in have if p not in want]
+  parts = []
+  if missing:
+    parts.append("missing " + ", ".join(missing))
+  if extra:
+    parts.append("unexpected " + ", ".join(extra))
+  return "; ".join(parts) or "the containers differ in type"
+
+
 def check_step_output(train_step: Callable, params: PyTree, hparams: PyTree,
                       batch: PyTree, *, params_name: str = "params") -> None:
   """``train_step(params, hparams, batch)`` must return ``params``' structure."""
@@ -82,7 +97,8 @@ def check_step_output(train_step: Callable, params: PyTree, hparams: PyTree,
   if p_struct != o_struct:
     raise ValueError(
         f"train_step must return a pytree with the structure of "
-        f"{params_name}; got {o_struct}, expected {p_struct}.")
+        f"{params_name}; {_structure_difference(params_name, params, out)} "
+        f"(got {o_struct}, expected {p_struct}).")
   for (path, p), o in zip(jax.tree_util.tree_flatten_with_path(params)[0],
                           jax.tree_util.tree_leaves(out)):
     p = jax.eval_shape(lambda x: x, p)
