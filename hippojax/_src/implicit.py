@@ -159,8 +159,12 @@ def ift(train_step: Callable, val_loss: Callable, hparams: PyTree,
   the fixed-point form already absorbs the learning rate.
 
   Args:
-    train_step, val_loss, hparams, params, train_batch, val_batch: as in
-      :func:`implicit_hypergrad`.
+    train_step: ``train_step(params, hparams, batch) -> params``.
+    val_loss: ``val_loss(params, hparams, batch) -> scalar``.
+    hparams: pytree of floating-point hyperparameters ``λ``.
+    params: inner parameters ``w``, approximately a fixed point of ``Φ``.
+    train_batch: batch passed to ``train_step``.
+    val_batch: batch passed to ``val_loss``.
     num_iters: number of Neumann terms beyond the first, ``>= 0``.
     tol: relative residual under which ``info.converged`` is reported (the
       series is never cut short).
@@ -202,8 +206,12 @@ def hoag(train_step: Callable, val_loss: Callable, hparams: PyTree,
   decreasing tolerance schedule lives in :func:`hippojax.hypergradient`.
 
   Args:
-    train_step, val_loss, hparams, params, train_batch, val_batch: as in
-      :func:`implicit_hypergrad`.
+    train_step: ``train_step(params, hparams, batch) -> params``.
+    val_loss: ``val_loss(params, hparams, batch) -> scalar``.
+    hparams: pytree of floating-point hyperparameters ``λ``.
+    params: inner parameters ``w``, approximately a fixed point of ``Φ``.
+    train_batch: batch passed to ``train_step``.
+    val_batch: batch passed to ``val_loss``.
     tol: relative residual tolerance of CG, ``> 0``.
     maxiter: maximum CG iterations, ``>= 1``.
     init: warm start for ``q``.

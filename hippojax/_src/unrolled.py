@@ -168,8 +168,13 @@ def forward(train_step: Callable, val_loss: Callable, hparams: PyTree,
   ``O(n·P)`` and does not grow with T.
 
   Args:
-    train_step, val_loss, hparams, params0, train_batches, val_batch,
-      num_steps: as in :func:`reverse`.
+    train_step: ``train_step(params, hparams, batch) -> params``.
+    val_loss: ``val_loss(params, hparams, batch) -> scalar``.
+    hparams: pytree of floating-point hyperparameters.
+    params0: initial inner parameters ``w_0``.
+    train_batches: pytree whose leaves have leading axis T.
+    val_batch: batch for the validation loss.
+    num_steps: T, needed only when ``train_batches`` has no array leaves.
 
   Returns:
     A :class:`HyperGrad`; ``info.solution`` is ``None``.
@@ -246,7 +251,9 @@ def drmad(train_step: Callable, val_loss: Callable, hparams: PyTree,
   ``DRMAD``, it back-propagates through every step's Hessian-vector product.
 
   Args:
-    train_step, val_loss, hparams: as in :func:`reverse`.
+    train_step: ``train_step(params, hparams, batch) -> params``.
+    val_loss: ``val_loss(params, hparams, batch) -> scalar``.
+    hparams: pytree of floating-point hyperparameters.
     params0: the initial inner parameters ``w_0``.
     paramsT: the parameters ``w_T`` after training for T steps.
     train_batches: pytree whose leaves have leading axis T.
