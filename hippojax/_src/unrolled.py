@@ -46,17 +46,17 @@ def unroll(train_step: Callable, hparams: PyTree, params0: PyTree,
   k = max(1, math.ceil(math.sqrt(num_steps))) if remat is True else remat
   k = min(k, num_steps)
   n_blocks, rest = divmod(num_steps, k)
-  head = jax.tree.map(
-      lambda x: x[:n_blocks * k].reshape(n_blocks, k, *x.shape[1:]),
-      train_batches)
-  tail = jax.tree.map(lambda x: x[n_blocks * k:], train_batches)
+  # Batches are indexed in place (no reshaped copy of the data).
+  batch_at = lambda t: jax.tree.map(lambda x: x[t], train_batches)
+  indexed_step = lambda w, t: step(w, batch_at(t))
 
   @jax.checkpoint
-  def block(w, batches):
-    return jax.lax.scan(step, w, batches, length=k)[0], None
+  def block(w, start):
+    return jax.lax.scan(indexed_step, w, start + jnp.arange(k))[0], None
 
-  w = jax.lax.scan(block, params0, head, length=n_blocks)[0]
-  return jax.lax.scan(jax.checkpoint(step), w, tail, length=rest)[0]
+  w = jax.lax.scan(block, params0, k * jnp.arange(n_blocks))[0]
+  tail = n_blocks * k + jnp.arange(rest)
+  return jax.lax.scan(jax.checkpoint(indexed_step), w, tail)[0]
 
 
 @functools.partial(jax.jit, static_argnames=("train_step", "val_loss",
