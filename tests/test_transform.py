@@ -109,7 +109,8 @@ def test_non_callable():
 def test_missing_extra_args_are_named(method, missing):
   tx = hypergradient(STEP, val_loss, method=method)
   state = tx.init(THETA0)
-  with pytest.raises(TypeError, match=f"missing the keyword argument.*{missing}"):
+  with pytest.raises(TypeError,
+                     match=f"missing the keyword argument.*{missing}"):
     tx.update(None, state, THETA0, train_batch=TRAIN, val_batch=VAL)
 
 
@@ -119,12 +120,31 @@ def test_missing_params_is_named():
     tx.update(None, tx.init(THETA0), inner_params=jnp.zeros(D))
 
 
-def test_warm_start_structure_mismatch():
+def test_warm_start_structure_and_shape_mismatch():
   tx = hypergradient(STEP, val_loss, method="hoag",
                      inner_params_like={"w": jnp.zeros(D)})
   with pytest.raises(ValueError, match="inner_params_like"):
     tx.update(None, tx.init(THETA0), THETA0, inner_params=jnp.zeros(D),
               train_batch=TRAIN, val_batch=VAL)
+  tx = hypergradient(STEP, val_loss, method="hoag",
+                     inner_params_like=jnp.zeros(D + 1))
+  with pytest.raises(ValueError, match=r"shape \(5,\).*shape \(6,\)"):
+    tx.update(None, tx.init(THETA0), THETA0, inner_params=jnp.zeros(D),
+              train_batch=TRAIN, val_batch=VAL)
+
+
+@pytest.mark.parametrize("method", ["hoag", "implicit"])
+def test_warm_start_template_dtype_is_cast(method):
+  """A float64 template for float32 weights (or vice versa) still works."""
+  w = exact_w(THETA0, TRAIN).astype(jnp.float32)
+  like = np.zeros(D, np.float64)  # NumPy keeps float64 without x64 too
+  tx = hypergradient(STEP, val_loss, method=method, inner_params_like=like)
+  state = tx.init(THETA0)
+  g, state = jax.jit(tx.update)(None, state, THETA0, inner_params=w,
+                                train_batch=TRAIN, val_batch=VAL)
+  expected = jax.eval_shape(lambda: jnp.asarray(like)).dtype
+  assert state.warm_start.dtype == expected
+  assert bool(jnp.all(jnp.isfinite(g))) and int(state.num_refused) == 0
 
 
 # ----------------------------------------------------------------- correctness

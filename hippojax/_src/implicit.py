@@ -53,17 +53,23 @@ def _cast_like(tree: PyTree, like: PyTree) -> PyTree:
   return jax.tree.map(lambda t, l: t.astype(l.dtype), tree, like)
 
 
-@functools.partial(
-    jax.jit, static_argnames=("train_step", "val_loss", "solver", "symmetric"))
-def _implicit(train_step, val_loss, hparams, params, train_batch, val_batch,
-              init, *, solver, symmetric):
-  checks.check_step_output(train_step, params, hparams, train_batch)
+def implicit_core(train_step, val_loss, hparams, params, train_batch,
+                  val_batch, init, solve, symmetric: bool,
+                  params_name: str = "params") -> HyperGrad:
+  """The traceable body of every implicit method (no jit of its own).
+
+  ``solve`` may be any ``solve(matvec, b, init) -> (x, SolverStats)``, also
+  one holding traced options (HOAG's scheduled tolerance in the optax
+  transform), which is why this is separate from the jitted entry point.
+  """
+  checks.check_step_output(train_step, params, hparams, train_batch,
+                           params_name=params_name)
   checks.check_val_loss(val_loss, params, hparams, val_batch)
   if init is not None and (jax.tree.structure(init) !=
                            jax.tree.structure(params)):
     raise ValueError(
-        "init must have the pytree structure of params (it is the previous "
-        f"solution q); got {jax.tree.structure(init)}, expected "
+        f"init must have the pytree structure of {params_name} (it is the "
+        f"previous solution q); got {jax.tree.structure(init)}, expected "
         f"{jax.tree.structure(params)}.")
 
   value, (v_w, v_lam) = jax.value_and_grad(val_loss, argnums=(0, 1))(
@@ -71,12 +77,24 @@ def _implicit(train_step, val_loss, hparams, params, train_batch, val_batch,
   jt = _transpose_jacobian_product(
       lambda w: train_step(w, hparams, train_batch), params, symmetric)
   matvec = lambda q: optax.tree.sub(q, jt(q))  # (I − Jᵀ) q
-  q, stats = solver(matvec, v_w, init)
+  q, stats = solve(matvec, v_w, init)
+  # A non-finite system (e.g. nan in ∇_w L_val) can stop a solver at once
+  # with a finite but meaningless q; make that visible in the result too.
+  q = optax.tree.where(jnp.isfinite(stats.residual), q,
+                       optax.tree.full_like(q, jnp.nan))
   _, vjp_lam = jax.vjp(lambda lam: train_step(params, lam, train_batch),
                        hparams)
   (bq,) = vjp_lam(q)
   grad = _cast_like(optax.tree.add(v_lam, bq), hparams)
   return HyperGrad(grad, value, HyperGradInfo(*stats, solution=q))
+
+
+@functools.partial(
+    jax.jit, static_argnames=("train_step", "val_loss", "solver", "symmetric"))
+def _implicit(train_step, val_loss, hparams, params, train_batch, val_batch,
+              init, *, solver, symmetric):
+  return implicit_core(train_step, val_loss, hparams, params, train_batch,
+                       val_batch, init, solver, symmetric)
 
 
 def implicit_hypergrad(train_step: Callable, val_loss: Callable,

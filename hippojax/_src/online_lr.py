@@ -82,8 +82,8 @@ def hypergradient_descent(
   multiplicative rule uses the cosine between successive gradient and
   direction, so ``β`` is scale free (the learning rate changes by a factor in
   ``[1 − β, 1 + β]`` per step) and stays positive; the additive ``β`` must be
-  matched to the scale of ``‖∇f‖·‖d‖`` (the paper uses ``β = 10⁻³`` for
-  SGD and ``10⁻⁷`` for Adam on its problems). A non-finite ``h_t`` leaves the
+  matched to the scale of ``h`` (about ``‖∇f‖²`` for SGD, ``‖∇f‖₁`` for Adam,
+  so Adam needs a far smaller ``β``). A non-finite ``h_t`` leaves the
   learning rate unchanged.
 
   Use it as the model's own optimiser; ``grads`` are the training-loss

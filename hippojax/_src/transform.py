@@ -9,6 +9,7 @@ optimiser. Its state carries what the method needs between outer steps.
 """
 
 import dataclasses
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -19,7 +20,7 @@ from hippojax._src import checks
 from hippojax._src import implicit as implicit_lib
 from hippojax._src import solvers as solvers_lib
 from hippojax._src import unrolled as unrolled_lib
-from hippojax._src.base import HyperGrad, HyperGradInfo
+from hippojax._src.base import HyperGrad
 from hippojax._src.one_step import t1t2
 
 PyTree = Any
@@ -97,24 +98,31 @@ class _ArrayTolCG(NamedTuple):
     return solvers_lib.CG.__call__(self, matvec, b, init)
 
 
-def _implicit_traced(train_step, val_loss, hparams, params, train_batch,
-                     val_batch, *, solve, symmetric, init) -> HyperGrad:
-  """:func:`hippojax.implicit_hypergrad` for a solver holding traced values."""
-  hparams = checks.as_float_tree("hparams", hparams)
-  checks.check_step_output(train_step, params, hparams, train_batch,
-                           params_name="inner_params")
-  checks.check_val_loss(val_loss, params, hparams, val_batch)
-  value, (v_w, v_lam) = jax.value_and_grad(val_loss, argnums=(0, 1))(
-      params, hparams, val_batch)
-  jt = implicit_lib._transpose_jacobian_product(  # pylint: disable=protected-access
-      lambda w: train_step(w, hparams, train_batch), params, symmetric)
-  q, stats = solve(lambda q: optax.tree.sub(q, jt(q)), v_w, init)
-  _, vjp_lam = jax.vjp(lambda lam: train_step(params, lam, train_batch),
-                       hparams)
-  (bq,) = vjp_lam(q)
-  grad = jax.tree.map(lambda a, b, h: (a + b).astype(h.dtype), v_lam, bq,
-                      hparams)
-  return HyperGrad(grad, value, HyperGradInfo(*stats, solution=q))
+@functools.partial(jax.jit, static_argnames=("train_step", "val_loss",
+                                             "maxiter", "symmetric"))
+def _hoag_scheduled(train_step, val_loss, hparams, params, train_batch,
+                    val_batch, init, tol, *, maxiter, symmetric) -> HyperGrad:
+  """:func:`hippojax.hoag` with the tolerance ``tol`` as an array argument."""
+  return implicit_lib.implicit_core(
+      train_step, val_loss, hparams, params, train_batch, val_batch, init,
+      _ArrayTolCG(tol, maxiter), symmetric, params_name="inner_params")
+
+
+def _warm_start_like(warm: PyTree, inner_params: PyTree) -> PyTree:
+  """Checks the warm start against ``inner_params``; casts to their dtypes."""
+  if jax.tree.structure(warm) != jax.tree.structure(inner_params):
+    raise ValueError(
+        f"inner_params has pytree structure {jax.tree.structure(inner_params)}"
+        ", but the transform was built with inner_params_like of structure "
+        f"{jax.tree.structure(warm)}.")
+  for (path, q), w in zip(jax.tree_util.tree_flatten_with_path(warm)[0],
+                          jax.tree.leaves(inner_params)):
+    if q.shape != jnp.shape(w):
+      raise ValueError(
+          f"inner_params{jax.tree_util.keystr(path)} has shape "
+          f"{tuple(jnp.shape(w))}, but inner_params_like gave shape "
+          f"{tuple(q.shape)}.")
+  return optax.tree.cast_like(warm, inner_params)
 
 
 def _all_finite(tree: PyTree) -> jax.Array:
@@ -154,7 +162,8 @@ def _check_options(method: str, options: dict) -> dict:
     out["solver"] = solvers_lib.get_solver(out.get("solver", "cg"))
   elif method in ("reverse", "forward", "drmad"):
     if "remat" in out:
-      out["remat"] = unrolled_lib._check_remat(out["remat"])  # pylint: disable=protected-access
+      out["remat"] = unrolled_lib._check_remat(  # pylint: disable=W0212
+          out["remat"])
     if out.get("num_steps") is not None:
       out["num_steps"] = checks.check_int("num_steps", out["num_steps"], 0)
   if out.get("inner_params_like") is not None:
@@ -163,8 +172,9 @@ def _check_options(method: str, options: dict) -> dict:
   return out
 
 
-def hypergradient(train_step: Callable, val_loss: Callable, method: str = "hoag",
-                  **options: Any) -> optax.GradientTransformationExtraArgs:
+def hypergradient(train_step: Callable, val_loss: Callable,
+                  method: str = "hoag", **options: Any
+                  ) -> optax.GradientTransformationExtraArgs:
   r"""An optax transform whose updates are the hypergradient ``dL_val/dλ``.
 
   ``params`` of the transform are the hyperparameters ``λ``; the inner
@@ -178,31 +188,26 @@ def hypergradient(train_step: Callable, val_loss: Callable, method: str = "hoag"
   The emitted updates are ``g + u`` where ``g`` is the hypergradient of
   ``method`` and ``u`` the incoming ``updates`` (e.g. the gradient of an
   explicit prior on ``λ``; pass ``None`` for none). A hypergradient with a
-  non-finite entry is *refused*: ``g`` is replaced by zeros for that step,
-  ``state.num_refused`` goes up, and neither ``λ`` nor the warm start ever
-  becomes ``nan``. Everything is traceable, so the whole outer step (inner
-  training, hypergradient, outer optimiser) compiles into one program that is
-  not recompiled across steps.
+  non-finite entry, value or solver residual is *refused*: ``g`` is replaced
+  by zeros for that step, ``state.num_refused`` goes up, the warm start is
+  kept, and neither ``λ`` nor the warm start ever becomes ``nan``. Everything
+  is traceable, so the whole outer step (inner training, hypergradient, outer
+  optimiser) compiles into one program that is not recompiled across steps.
 
-  Methods and their required extra arguments (``train_batch`` and
-  ``val_batch`` default to ``None`` for steps and losses that read no batch):
+  Methods, the extra arguments ``update`` requires, and their options
+  (``train_batch`` and ``val_batch`` default to ``None``, for steps and losses
+  that read no batch):
 
-  ============  ======================================  =====================
-  method        extra arguments                         options
-  ============  ======================================  =====================
-  ``t1t2``      ``inner_params``                        none
-  ``ift``       ``inner_params``                        ``num_iters, tol,
-                                                        symmetric``
-  ``hoag``      ``inner_params``                        ``tol, decay, min_tol,
-                                                        maxiter, symmetric,
-                                                        inner_params_like``
-  ``implicit``  ``inner_params``                        ``solver, symmetric,
-                                                        inner_params_like``
-  ``reverse``   ``params0, train_batches``              ``remat, num_steps``
-  ``forward``   ``params0, train_batches``              ``num_steps``
-  ``drmad``     ``inner_params`` (``w_T``), ``params0``,  ``num_steps``
-                ``train_batches``
-  ============  ======================================  =====================
+  * ``"t1t2"`` — ``inner_params``; no options.
+  * ``"ift"`` — ``inner_params``; ``num_iters``, ``tol``, ``symmetric``.
+  * ``"hoag"`` — ``inner_params``; ``tol``, ``decay``, ``min_tol``,
+    ``maxiter``, ``symmetric``, ``inner_params_like``.
+  * ``"implicit"`` — ``inner_params``; ``solver``, ``symmetric``,
+    ``inner_params_like``.
+  * ``"reverse"`` — ``params0``, ``train_batches``; ``remat``, ``num_steps``.
+  * ``"forward"`` — ``params0``, ``train_batches``; ``num_steps``.
+  * ``"drmad"`` — ``inner_params`` (the trained ``w_T``), ``params0``,
+    ``train_batches``; ``num_steps``.
 
   HOAG's tolerance schedule (Pedregosa 2016): the ``k``-th outer step solves
   ``(I − Jᵀ) q = ∇_w L_val`` to relative residual
@@ -266,7 +271,8 @@ def hypergradient(train_step: Callable, val_loss: Callable, method: str = "hoag"
     ...     hippojax.hypergradient(step, val, method="hoag",
     ...                            inner_params_like=w),
     ...     optax.sgd(0.5))
-    >>> lam, state = 0.1, tx.init(0.1)
+    >>> lam = jnp.asarray(0.1)
+    >>> state = tx.init(lam)
     >>> @jax.jit
     ... def outer_step(lam, w, state):
     ...   w = jax.lax.fori_loop(0, 100, lambda _, w: step(w, lam, None), w)
@@ -322,11 +328,10 @@ def hypergradient(train_step: Callable, val_loss: Callable, method: str = "hoag"
           symmetric=opts.get("symmetric"), init=state.warm_start)
     if method == "hoag":
       symmetric = opts.get("symmetric")
-      return _implicit_traced(
-          train_step, val_loss, hparams, w, tb, vb,
-          solve=_ArrayTolCG(state.tol, opts["maxiter"]),
-          symmetric=True if symmetric is None else symmetric,
-          init=state.warm_start)
+      return _hoag_scheduled(
+          train_step, val_loss, checks.as_float_tree("hparams", hparams), w,
+          tb, vb, state.warm_start, state.tol, maxiter=opts["maxiter"],
+          symmetric=True if symmetric is None else symmetric)
     w0, batches = extra.get("params0"), extra.get("train_batches")
     steps = opts.get("num_steps")
     if method == "reverse":
@@ -353,27 +358,26 @@ def hypergradient(train_step: Callable, val_loss: Callable, method: str = "hoag"
           f"argument(s) {', '.join(missing)}; call tx.update(updates, state, "
           f"hparams, {', '.join(f'{k}=...' for k in spec.required)}, "
           "train_batch=..., val_batch=...).")
-    if state.warm_start is not None and (
-        jax.tree.structure(state.warm_start) !=
-        jax.tree.structure(extra["inner_params"])):
-      raise ValueError(
-          "inner_params has pytree structure "
-          f"{jax.tree.structure(extra['inner_params'])}, but the transform "
-          "was built with inner_params_like of structure "
-          f"{jax.tree.structure(state.warm_start)}.")
-
+    old_warm = state.warm_start
+    if old_warm is not None:
+      # The solve runs in the dtypes of inner_params.
+      state = state._replace(
+          warm_start=_warm_start_like(old_warm, extra["inner_params"]))
     hg = compute(state, params, extra)
-    finite = _all_finite(hg.grad)
+    # A non-finite value or residual also refuses: a solver fed a non-finite
+    # right-hand side may stop at once and return a finite, stale solution.
+    finite = (_all_finite(hg.grad) & jnp.isfinite(hg.value) &
+              ~jnp.isnan(hg.info.residual))
     grad = jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)),
                         hg.grad)
     if updates is not None:
       grad = jax.tree.map(lambda u, g: (u + g).astype(u.dtype), updates, grad)
 
-    warm = state.warm_start
+    warm = old_warm
     if warm is not None:
       q = hg.info.solution
-      warm = optax.tree.where(_all_finite(q), optax.tree.cast_like(q, warm),
-                              warm)
+      warm = optax.tree.where(finite & _all_finite(q),
+                              optax.tree.cast_like(q, warm), warm)
     if method == "hoag":
       tol = jnp.maximum(state.tol * opts["decay"], opts["min_tol"])
     else:
