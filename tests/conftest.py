@@ -9,6 +9,7 @@ static arguments of its jitted implementations.
 """
 
 import dataclasses
+import functools
 import types
 from typing import Any, Callable
 
@@ -109,16 +110,21 @@ def logistic_val(w, theta, batch):
   return jnp.mean(jnp.logaddexp(0.0, -y * (x @ w)))
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _newton_step(loss, w, theta, batch):
+  hess = jax.hessian(loss)(w, theta, batch)
+  return w - jnp.linalg.solve(hess, jax.grad(loss)(w, theta, batch))
+
+
 def newton_solve(loss, w0, theta, batch, iters=30):
   """Minimises a smooth strongly convex loss by Newton's method."""
   w = w0
-  grad = jax.grad(loss)
-  hess = jax.hessian(loss)
   for _ in range(iters):
-    w = w - jnp.linalg.solve(hess(w, theta, batch), grad(w, theta, batch))
+    w = _newton_step(loss, w, theta, batch)
   return w
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
 def dense_implicit_grad(train_loss, val_loss, w, theta, train_batch,
                         val_batch):
   """∇_λ L_val − (∂²_{wλ} L_train)ᵀ H⁻¹ ∇_w L_val with dense matrices."""
@@ -178,19 +184,32 @@ def _regression_data(seed, n, d, dtype):
   return split(), split()
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _max_curvature(train_loss, params, theta, batch):
+  """λ_max of the dense Hessian of ``train_loss`` in ``params``."""
+  flat, unravel = jax.flatten_util.ravel_pytree(params)
+  h = jax.hessian(lambda v: train_loss(unravel(v), theta, batch))(flat)
+  return jnp.linalg.eigvalsh(h)[-1]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _closed_form(solution, val_loss, theta, train, val):
+  """w*(θ) and the exact hypergradient, jax.grad through the closed form."""
+  exact = jax.grad(lambda th: val_loss(solution(th, train), th, val))(theta)
+  return solution(theta, train), exact
+
+
 def make_ridge(seed=0, n=50, d=6, dtype=jnp.float64, direct=False):
   """Per-feature ridge with the closed-form exact hypergradient."""
   train, val = _regression_data(seed, n, d, dtype)
   theta = jnp.asarray(np.random.default_rng(seed + 1).uniform(-2.5, -0.5, d),
                       dtype)
   val_loss = ridge_val_direct if direct else ridge_val
-  solution = lambda th: ridge_solution(th, train)
-  exact = jax.grad(lambda th: val_loss(solution(th), th, val))(theta)
-  h = ridge_hessian(theta, train)
-  lr = float(1.0 / jnp.linalg.eigvalsh(h)[-1])
+  w, exact = _closed_form(ridge_solution, val_loss, theta, train, val)
+  lr = float(1.0 / _max_curvature(ridge_loss, w, theta, train))
   step = hippojax.gradient_step(ridge_loss, lr)
-  return Problem(ridge_loss, val_loss, step, lr, theta, solution(theta), train,
-                 val, exact, solution)
+  return Problem(ridge_loss, val_loss, step, lr, theta, w, train, val, exact,
+                 lambda th: ridge_solution(th, train))
 
 
 def make_tree_ridge(seed=0, n=50, d=5, dtype=jnp.float64):
@@ -199,16 +218,12 @@ def make_tree_ridge(seed=0, n=50, d=5, dtype=jnp.float64):
   rng = np.random.default_rng(seed + 1)
   theta = {"log_l2": jnp.asarray(rng.uniform(-2.5, -0.5, d), dtype),
            "log_b": jnp.asarray(-1.0, dtype)}
-  solution = lambda h: tree_ridge_solution(h, train)
-  exact = jax.grad(lambda h: tree_ridge_val(solution(h), h, val))(theta)
-  x1 = jnp.concatenate([train["x"], jnp.ones((n, 1), dtype)], axis=1)
-  penalty = jnp.concatenate([jnp.exp(theta["log_l2"]),
-                             jnp.exp(theta["log_b"])[None]])
-  h = x1.T @ x1 / n + jnp.diag(penalty)
-  lr = float(1.0 / jnp.linalg.eigvalsh(h)[-1])
+  w, exact = _closed_form(tree_ridge_solution, tree_ridge_val, theta, train,
+                          val)
+  lr = float(1.0 / _max_curvature(tree_ridge_loss, w, theta, train))
   step = hippojax.gradient_step(tree_ridge_loss, lr)
-  return Problem(tree_ridge_loss, tree_ridge_val, step, lr, theta,
-                 solution(theta), train, val, exact, solution)
+  return Problem(tree_ridge_loss, tree_ridge_val, step, lr, theta, w, train,
+                 val, exact, lambda h: tree_ridge_solution(h, train))
 
 
 def make_logistic(seed=0, n=50, d=6):
@@ -226,8 +241,7 @@ def make_logistic(seed=0, n=50, d=6):
   w = newton_solve(logistic_loss, jnp.zeros(d), theta, train)
   exact = dense_implicit_grad(logistic_loss, logistic_val, w, theta, train,
                               val)
-  h = jax.hessian(logistic_loss)(w, theta, train)
-  lr = float(1.0 / jnp.linalg.eigvalsh(h)[-1])
+  lr = float(1.0 / _max_curvature(logistic_loss, w, theta, train))
   step = hippojax.gradient_step(logistic_loss, lr)
   return Problem(logistic_loss, logistic_val, step, lr, theta, w, train, val,
                  exact)

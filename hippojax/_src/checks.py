@@ -45,6 +45,10 @@ def _path(prefix: str, path) -> str:
   return prefix + jax.tree_util.keystr(path)
 
 
+_FLOAT_DTYPES = frozenset(
+    np.dtype(t) for t in (jnp.bfloat16, jnp.float16, jnp.float32, jnp.float64))
+
+
 def as_float_tree(name: str, tree: PyTree) -> PyTree:
   """Converts leaves to arrays and requires a floating dtype for each."""
 
@@ -66,6 +70,9 @@ def as_float_tree(name: str, tree: PyTree) -> PyTree:
   if not leaves:
     raise ValueError(f"{name} has no array leaves; pass at least one "
                      "floating-point hyperparameter.")
+  if all(isinstance(leaf, jax.Array) and leaf.dtype in _FLOAT_DTYPES
+         for leaf in leaves):
+    return tree  # the common case in an outer loop: nothing to convert
   return jax.tree_util.tree_map_with_path(convert, tree)
 
 
@@ -107,6 +114,21 @@ def check_step_output(train_step: Callable, params: PyTree, hparams: PyTree,
           f"train_step output at {_path(params_name, path)} has "
           f"{_describe(o)}, but {_path(params_name, path)} has "
           f"{_describe(p)}; train_step must preserve shapes and dtypes.")
+
+
+def check_like(name: str, tree: PyTree, like_name: str, like: PyTree) -> None:
+  """``tree`` must have the structure, shapes and dtypes of ``like``."""
+  if jax.tree_util.tree_structure(tree) != jax.tree_util.tree_structure(like):
+    raise ValueError(
+        f"{name} must have the pytree structure of {like_name}; "
+        f"{_structure_difference(name, like, tree)}.")
+  for (path, t), l in zip(jax.tree_util.tree_flatten_with_path(tree)[0],
+                          jax.tree_util.tree_leaves(like)):
+    t, l = jax.eval_shape(lambda x: x, t), jax.eval_shape(lambda x: x, l)
+    if t.shape != l.shape or t.dtype != l.dtype:
+      raise ValueError(
+          f"{_path(name, path)} has {_describe(t)}, but "
+          f"{_path(like_name, path)} has {_describe(l)}.")
 
 
 def check_val_loss(val_loss: Callable, params: PyTree, hparams: PyTree,

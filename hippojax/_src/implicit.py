@@ -65,12 +65,8 @@ def implicit_core(train_step, val_loss, hparams, params, train_batch,
   checks.check_step_output(train_step, params, hparams, train_batch,
                            params_name=params_name)
   checks.check_val_loss(val_loss, params, hparams, val_batch)
-  if init is not None and (jax.tree.structure(init) !=
-                           jax.tree.structure(params)):
-    raise ValueError(
-        f"init must have the pytree structure of {params_name} (it is the "
-        f"previous solution q); got {jax.tree.structure(init)}, expected "
-        f"{jax.tree.structure(params)}.")
+  if init is not None:  # the previous solution q, shaped like params
+    checks.check_like("init", init, params_name, params)
 
   value, (v_w, v_lam) = jax.value_and_grad(val_loss, argnums=(0, 1))(
       params, hparams, val_batch)

@@ -206,11 +206,7 @@ def forward(train_step: Callable, val_loss: Callable, hparams: PyTree,
 def _drmad(train_step, val_loss, hparams, params0, params_t, train_batches,
            val_batch, *, num_steps):
   _check(train_step, val_loss, hparams, params0, train_batches)
-  if jax.tree.structure(params_t) != jax.tree.structure(params0):
-    raise ValueError(
-        "paramsT must have the pytree structure of params0; got "
-        f"{jax.tree.structure(params_t)}, expected "
-        f"{jax.tree.structure(params0)}.")
+  checks.check_like("paramsT", params_t, "params0", params0)
   checks.check_val_loss(val_loss, params_t, hparams, val_batch)
   value, (g_w, g_lam) = jax.value_and_grad(val_loss, argnums=(0, 1))(
       params_t, hparams, val_batch)
