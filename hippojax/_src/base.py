@@ -38,9 +38,9 @@ class HyperGradInfo(NamedTuple):
   * ``t1t2``, ``reverse``, ``drmad``: ``num_iters`` is the number of
     ``train_step`` VJPs taken (1 or T), ``residual`` is ``0`` (``nan`` if the
     result is not finite), ``converged`` says the result is finite, and
-    ``solution`` is the adjoint ``∂ L_val / ∂ params`` at the first step
-    (``params`` for ``t1t2``, ``params0`` for ``reverse``; DrMAD's approximation
-    of it);
+    ``solution`` is, for ``t1t2``, ``∇_w L_val(w_1, λ)`` after the step, and
+    for ``reverse`` the adjoint ``d L_val / d params0`` (DrMAD's
+    approximation of it for ``drmad``);
   * ``forward``: as for ``reverse`` but ``solution`` is ``None`` (forward mode
     never forms the adjoint).
 

@@ -25,15 +25,17 @@ def finite_info(num_iters: int, grad: PyTree, value: jax.Array,
 @functools.partial(jax.jit, static_argnames=("train_step", "val_loss"))
 def _t1t2(train_step, val_loss, hparams, params, train_batch, val_batch):
   checks.check_step_output(train_step, params, hparams, train_batch)
-  new_params, vjp = jax.vjp(
-      lambda w, lam: train_step(w, lam, train_batch), params, hparams)
+  # Only the λ-cotangent is taken: the w-cotangent would cost one more
+  # Hessian-vector product, as much again as the hypergradient itself.
+  new_params, vjp = jax.vjp(lambda lam: train_step(params, lam, train_batch),
+                            hparams)
   checks.check_val_loss(val_loss, new_params, hparams, val_batch)
   value, (g_w, g_lam) = jax.value_and_grad(val_loss, argnums=(0, 1))(
       new_params, hparams, val_batch)
-  adjoint, b_q = vjp(g_w)
+  (b_q,) = vjp(g_w)
   grad = jax.tree.map(lambda a, b, h: (a + b).astype(h.dtype), g_lam, b_q,
                       hparams)
-  return HyperGrad(grad, value, finite_info(1, grad, value, adjoint))
+  return HyperGrad(grad, value, finite_info(1, grad, value, g_w))
 
 
 def t1t2(train_step: Callable, val_loss: Callable, hparams: PyTree,
@@ -59,7 +61,8 @@ def t1t2(train_step: Callable, val_loss: Callable, hparams: PyTree,
 
   Returns:
     A :class:`HyperGrad`; ``value`` is ``L_val`` after the step and
-    ``info.solution`` is ``∂ L_val(w_1) / ∂ w``.
+    ``info.solution`` is ``∇_w L_val(w_1, λ)`` (the ``q`` of the one-step
+    formula).
 
   Examples:
     >>> import jax.numpy as jnp, hippojax
