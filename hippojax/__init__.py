@@ -12,39 +12,65 @@ from hippojax._src.implicit import hoag
 from hippojax._src.implicit import ift
 from hippojax._src.implicit import implicit_hypergrad
 from hippojax._src.one_step import t1t2
+from hippojax._src.online_lr import hypergradient_descent
+from hippojax._src.online_lr import HypergradientDescentState
 from hippojax._src.solvers import BiCGStab
 from hippojax._src.solvers import CG
 from hippojax._src.solvers import GMRES
 from hippojax._src.solvers import Neumann
+from hippojax._src.space import FloatParam
+from hippojax._src.space import SearchSpace
+from hippojax._src.space import suggest_float
 from hippojax._src.steps import GradientStep
 from hippojax._src.steps import gradient_step
 from hippojax._src.steps import HeavyBallState
 from hippojax._src.steps import HeavyBallStep
 from hippojax._src.steps import heavy_ball_step
+from hippojax._src.storage import ChainBusyError
+from hippojax._src.storage import StorageError
+from hippojax._src.study import create_study
+from hippojax._src.study import load_study
+from hippojax._src.study import Study
+from hippojax._src.transform import hypergradient
+from hippojax._src.transform import HypergradientState
 from hippojax._src.unrolled import drmad
 from hippojax._src.unrolled import forward
 from hippojax._src.unrolled import reverse
+from hippojax import problems
 
 __version__ = "0.1.0"
 
 __all__ = (
     "BiCGStab",
     "CG",
+    "ChainBusyError",
+    "FloatParam",
     "GMRES",
     "GradientStep",
     "HeavyBallState",
     "HeavyBallStep",
     "HyperGrad",
     "HyperGradInfo",
+    "HypergradientDescentState",
+    "HypergradientState",
     "Neumann",
+    "SearchSpace",
     "SolverStats",
+    "StorageError",
+    "Study",
+    "create_study",
     "drmad",
     "forward",
     "gradient_step",
     "heavy_ball_step",
     "hoag",
+    "hypergradient",
+    "hypergradient_descent",
     "ift",
     "implicit_hypergrad",
+    "load_study",
+    "problems",
     "reverse",
+    "suggest_float",
     "t1t2",
 )

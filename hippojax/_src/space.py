@@ -19,7 +19,8 @@ rule. The black-box samplers see the same bounds through Optuna's
 import dataclasses
 import math
 import numbers
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -131,7 +132,11 @@ class FloatParam:
     a, b = self._interval()
     v = np.asarray(value, np.float64)
     if v.shape != self.shape:
-      v = np.broadcast_to(v, self.shape)
+      try:
+        v = np.broadcast_to(v, self.shape)
+      except ValueError:
+        raise ValueError(f"{self.name}: got a value of shape {v.shape}, "
+                         f"expected {self.shape}.") from None
     z = np.log(np.maximum(v, self.low)) if self.log else v
     s = np.clip((z - a) / (b - a), _EDGE, 1 - _EDGE)
     return np.log(s) - np.log1p(-s)

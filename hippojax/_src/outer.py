@@ -1,0 +1,249 @@
+r"""The outer loop of the gradient methods on a :class:`Problem`.
+
+One outer step, compiled once per (problem, method, options):
+
+1. ``λ = σ-bijection(u)`` (see :mod:`hippojax._src.space`);
+2. ``inner_steps`` warm-started training steps at ``λ``;
+3. the hypergradient ``d L_val / d u`` by the chosen method (through ``λ(u)``);
+4. an Adam step on ``u``; a non-finite hypergradient is replaced by zero.
+
+The implicit methods (``t1t2``, ``ift``, ``hoag``) take the hypergradient at
+the trained weights. The unrolled methods (``reverse``, ``drmad``) spend the
+last ``unroll_steps`` of the inner budget inside the differentiated (or, for
+DrMAD, interpolated) trajectory; warm-started near a fixed point this is the
+truncated hypergradient, which also reaches learning-rate hyperparameters.
+"""
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from hippojax._src.implicit import hoag, ift
+from hippojax._src.one_step import t1t2
+from hippojax._src.space import SearchSpace
+from hippojax._src.unrolled import drmad, reverse
+
+PyTree = Any
+
+IMPLICIT = ("t1t2", "ift", "hoag")
+UNROLLED = ("drmad", "reverse")
+GRADIENT_METHODS = IMPLICIT + UNROLLED
+
+
+class OuterState(NamedTuple):
+  """The state of one gradient chain, checkpointed between steps.
+
+  Attributes:
+    step: outer steps taken (int32).
+    u: unconstrained hyperparameters ``{name: array}``.
+    params: warm-started inner parameters.
+    opt_state: the Adam state on ``u``.
+    solution: warm start of the linear solve (``hoag``), shaped like params.
+    key: PRNG key data (uint32) that initialised ``params``.
+  """
+
+  step: jax.Array
+  u: dict
+  params: PyTree
+  opt_state: PyTree
+  solution: PyTree
+  key: jax.Array
+
+
+class StepRecord(NamedTuple):
+  """What one outer step reports (for the trial it is recorded as).
+
+  Attributes:
+    val_loss: validation loss after the inner training at ``hparams``.
+    hparams: the constrained hyperparameters the step trained with.
+    grad_norm: norm of the hypergradient with respect to ``u``.
+    num_iters: the method's ``info.num_iters``.
+    residual: the method's ``info.residual``.
+    converged: the method's ``info.converged``.
+    finite: whether the hypergradient was finite (else it was zeroed).
+  """
+
+  val_loss: jax.Array
+  hparams: dict
+  grad_norm: jax.Array
+  num_iters: jax.Array
+  residual: jax.Array
+  converged: jax.Array
+  finite: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class _OnU:
+  """``fn(params, constrain(u), batch)``: a problem function of raw ``u``."""
+
+  fn: Callable
+  space: SearchSpace
+
+  def __call__(self, params, u, batch):
+    return self.fn(params, self.space.constrain(u), batch)
+
+  @property
+  def symmetric_jacobian(self) -> bool:
+    return bool(getattr(self.fn, "symmetric_jacobian", False))
+
+
+@dataclasses.dataclass(frozen=True)
+class _CarryData:
+  """A step on ``(params, data)`` that carries the training data unchanged.
+
+  The unrolled methods want one batch per step; passing the full batch T
+  times would store T copies. Carried as part of the state (behind
+  ``stop_gradient``), the data is stored once. Integer leaves (labels)
+  travel as floats so that DrMAD can interpolate the carry, and are rounded
+  back here.
+  """
+
+  step: Callable
+  int_dtypes: tuple
+
+  def __call__(self, carry, u, batch):
+    del batch
+    params, data = carry
+    leaves, treedef = jax.tree.flatten(jax.lax.stop_gradient(data))
+    leaves = [x if d is None else jnp.round(x).astype(d)
+              for x, d in zip(leaves, self.int_dtypes)]
+    new = self.step(params, u, jax.tree.unflatten(treedef, leaves))
+    return new, data
+
+
+@dataclasses.dataclass(frozen=True)
+class _CarryVal:
+  fn: Callable
+
+  def __call__(self, carry, u, batch):
+    return self.fn(carry[0], u, batch)
+
+
+def _as_float_leaves(data):
+  leaves, treedef = jax.tree.flatten(data)
+  dtypes = tuple(None if jnp.issubdtype(x.dtype, jnp.floating) else
+                 np.dtype(x.dtype).name for x in leaves)
+  dt = jnp.zeros(()).dtype
+  floats = [x if d is None else x.astype(dt) for x, d in zip(leaves, dtypes)]
+  return jax.tree.unflatten(treedef, floats), dtypes
+
+
+def _tree_finite(tree) -> jax.Array:
+  return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x))
+                              for x in jax.tree.leaves(tree)]))
+
+
+class Engine:
+  """The compiled outer step of one gradient method on one problem.
+
+  Args:
+    problem: a :class:`~hippojax.problems.Problem`.
+    method: one of ``GRADIENT_METHODS``.
+    options: resolved method options (``inner_steps``, ``outer_lr`` and the
+      method's own, see :func:`hippojax.create_study`).
+  """
+
+  def __init__(self, problem, method: str, options: dict):
+    self.problem = problem
+    self.method = method
+    self.options = dict(options)
+    self.inner_steps = int(options["inner_steps"])
+    self.optimizer = optax.adam(float(options["outer_lr"]))
+    space = problem.space
+    self._step_u = _OnU(problem.train_step, space)
+    self._val_u = _OnU(problem.val_loss, space)
+    if method in UNROLLED:
+      self.unroll_steps = min(int(options["unroll_steps"]), self.inner_steps)
+      _, dtypes = _as_float_leaves(problem.train_data)
+      self._carry_step = _CarryData(self._step_u, dtypes)
+      self._carry_val = _CarryVal(self._val_u)
+    else:
+      self.unroll_steps = 0
+    self._jit_step = jax.jit(self._step)
+
+  def init(self, seed: int) -> OuterState:
+    """The chain's initial state: default hyperparameters, fresh params."""
+    space = self.problem.space
+    u = space.unconstrain(space.default())
+    key = jax.random.key_data(jax.random.key(seed))
+    params = self.problem.init_params(jax.random.wrap_key_data(key))
+    return OuterState(
+        step=jnp.asarray(0, jnp.int32), u=u, params=params,
+        opt_state=self.optimizer.init(u),
+        solution=jax.tree.map(jnp.zeros_like, params), key=key)
+
+  def step(self, state: OuterState) -> tuple[OuterState, StepRecord]:
+    """One outer step (compiled)."""
+    p = self.problem
+    return self._jit_step(state, p.train_data, p.val_data)
+
+  def _train(self, params, hparams, train, num_steps):
+    step = self.problem.train_step
+    return jax.lax.fori_loop(0, num_steps,
+                             lambda _, w: step(w, hparams, train), params)
+
+  def _step(self, state, train, val):
+    p = self.problem
+    u = state.u
+    hparams = p.space.constrain(u)
+    opts = self.options
+    plain = self.inner_steps - self.unroll_steps
+    w = self._train(state.params, hparams, train, plain)
+    solution = state.solution
+    if self.method in IMPLICIT:
+      value = p.val_loss(w, hparams, val)
+      if self.method == "t1t2":
+        hg = t1t2(self._step_u, self._val_u, u, w, train, val)
+      elif self.method == "ift":
+        hg = ift(self._step_u, self._val_u, u, w, train, val,
+                 num_iters=int(opts["num_iters"]))
+      else:
+        hg = hoag(self._step_u, self._val_u, u, w, train, val,
+                  tol=float(opts["tol"]), maxiter=int(opts["maxiter"]),
+                  init=state.solution)
+        solution = hg.info.solution
+    else:
+      data, _ = _as_float_leaves(train)
+      w_end = self._train(w, hparams, train, self.unroll_steps)
+      if self.method == "reverse":
+        hg = reverse(self._carry_step, self._carry_val, u, (w, data), None,
+                     val, remat=opts["remat"], num_steps=self.unroll_steps)
+      else:
+        hg = drmad(self._carry_step, self._carry_val, u, (w, data),
+                   (w_end, data), None, val, num_steps=self.unroll_steps)
+      w = w_end
+      value = p.val_loss(w, hparams, val)
+    finite = _tree_finite(hg.grad)
+    grad = jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)),
+                        hg.grad)
+    updates, opt_state = self.optimizer.update(grad, state.opt_state, u)
+    new_u = optax.apply_updates(u, updates)
+    # Training that blew up restarts from the previous weights.
+    ok = _tree_finite(w)
+    w = jax.tree.map(lambda a, b: jnp.where(ok, a, b), w, state.params)
+    solution = jax.tree.map(
+        lambda a, b: jnp.where(_tree_finite(solution), a, jnp.zeros_like(b)),
+        solution, state.params)
+    new_state = OuterState(state.step + 1, new_u, w, opt_state, solution,
+                           state.key)
+    record = StepRecord(
+        val_loss=value, hparams=hparams, grad_norm=optax.tree.norm(hg.grad),
+        num_iters=hg.info.num_iters, residual=hg.info.residual,
+        converged=hg.info.converged, finite=finite)
+    return new_state, record
+
+
+@functools.lru_cache(maxsize=64)
+def _engine(problem, method: str, options: tuple) -> Engine:
+  return Engine(problem, method, dict(options))
+
+
+def get_engine(problem, method: str, options: dict) -> Engine:
+  """The cached :class:`Engine` (compiled once per problem/method/options)."""
+  return _engine(problem, method, tuple(sorted(options.items())))

@@ -1,0 +1,325 @@
+"""Storage, checkpoints, crash recovery (SIGKILL) and concurrent workers.
+
+Crash and concurrency tests run the study in child processes (float32, the
+library's default), killed with SIGKILL either by themselves at a chosen
+point or by this process at an arbitrary one.
+"""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import optuna
+import pytest
+
+import hippojax
+from hippojax._src import storage as storage_lib
+
+FAST = {"inner_steps": 50}
+
+CHILD = textwrap.dedent("""
+    import json, os, signal, sys
+    import numpy as np
+    import hippojax
+    from hippojax._src import problems
+
+    jobs = json.loads(sys.argv[1])
+    kill_in = jobs[-1].get("kill_in_trial")  # inside this black-box trial
+
+    if kill_in is not None:
+      validate = problems.Problem.validate
+      calls = [0]
+      def killing_validate(self, *args, **kwargs):
+        if calls[0] == kill_in:
+          os.kill(os.getpid(), signal.SIGKILL)
+        calls[0] += 1
+        return validate(self, *args, **kwargs)
+      problems.Problem.validate = killing_validate
+
+    for cfg in jobs:
+      kill_at = cfg.get("kill_at")  # after recording this step
+
+      def callback(study, record):
+        if record["step"] == kill_at:
+          os.kill(os.getpid(), signal.SIGKILL)
+
+      study = hippojax.create_study(
+          cfg["method"], storage=cfg["storage"], study_name="s",
+          seed=cfg.get("seed", 0), checkpoint_every=cfg.get("every", 10),
+          inner_steps=50)
+      study.optimize("ridge-diabetes", n_steps=cfg["n_steps"],
+                     callbacks=[callback])
+      chain = study.chain_trials()
+      out = {"values": [t.value for t in chain],
+             "steps": [t.user_attrs["step"] for t in chain]}
+      if study.seed in study._live:
+        out["u"] = np.asarray(study._live[study.seed][1].u["ridge"]).tolist()
+      print("RESULT " + json.dumps(out), flush=True)
+""")
+
+
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory):
+  """A compilation cache shared by the children: only the first compiles."""
+  return str(tmp_path_factory.mktemp("jax-cache"))
+
+
+def _child(tmp_path, cfg, *, wait=True, cache=None):
+  script = tmp_path / "child.py"
+  if not script.exists():
+    script.write_text(CHILD)
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  if cache:
+    env.update(JAX_COMPILATION_CACHE_DIR=cache,
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  proc = subprocess.Popen([sys.executable, str(script), json.dumps(cfg)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, env=env, cwd=tmp_path)
+  if not wait:
+    return proc
+  return _finish(proc)
+
+
+def _finish(proc):
+  out, err = proc.communicate(timeout=300)
+  results = [json.loads(line[len("RESULT "):]) for line in out.splitlines()
+             if line.startswith("RESULT ")]
+  return proc.returncode, results, err
+
+
+def _load(storage):
+  return optuna.load_study(study_name="s",
+                           storage=storage_lib.open_storage(storage).storage)
+
+
+N_GRAD = 30
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, compile_cache):
+  """Uninterrupted float32 runs (in memory) to compare resumed runs with."""
+  tmp = tmp_path_factory.mktemp("reference")
+  rc, (grad, blackbox), err = _child(
+      tmp, [{"method": "hoag", "storage": ":memory:", "n_steps": N_GRAD},
+            {"method": "random", "storage": ":memory:", "n_steps": 6}],
+      cache=compile_cache)
+  assert rc == 0, err
+  return {"hoag": grad, "random": blackbox}
+
+
+# ---------------------------------------------------------------------------
+# In-process.
+
+
+def test_unreachable_storage_is_a_clear_error_and_writes_nothing(tmp_path):
+  missing = tmp_path / "missing" / "x.db"
+  with pytest.raises(hippojax.StorageError, match="does not exist"):
+    hippojax.create_study("hoag", storage=f"sqlite:///{missing}")
+  with pytest.raises(hippojax.StorageError, match="does not exist"):
+    hippojax.create_study("hoag", storage=f"journal:{missing}.log")
+  with pytest.raises(hippojax.StorageError, match="cannot open storage"):
+    hippojax.create_study("hoag", storage="postgresql://u@127.0.0.1:1/db")
+  with pytest.raises(hippojax.StorageError, match="cannot open storage"):
+    hippojax.create_study("hoag", storage="nosuchdb://x")
+  with pytest.raises(hippojax.StorageError, match="neither a URL"):
+    hippojax.create_study("hoag", storage=str(tmp_path / "x.txt"))
+  assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_a_new_process_view_resumes_from_the_checkpoint(tmp_path, kind):
+  storage = (f"sqlite:///{tmp_path}/s.db" if kind == "sqlite" else
+             str(tmp_path / "s.log"))
+  first = hippojax.create_study("hoag", storage=storage, study_name="s",
+                                checkpoint_every=2, **FAST)
+  first.optimize("ridge-diabetes", n_steps=4)
+  ckpt = tmp_path / ("s.db.checkpoints" if kind == "sqlite" else
+                     "s.log.checkpoints") / "s" / "chain-0"
+  assert sorted(os.listdir(ckpt)) == ["2", "4"]
+  # A fresh Study object has no in-memory state: it restores step 4.
+  second = hippojax.create_study("hoag", storage=storage, study_name="s",
+                                 checkpoint_every=2, **FAST)
+  second.optimize("ridge-diabetes", n_steps=7)
+  once = hippojax.create_study("hoag", storage=":memory:", **FAST)
+  once.optimize("ridge-diabetes", n_steps=7)
+  assert [t.user_attrs["step"] for t in second.chain_trials()] == list(
+      range(7))
+  np.testing.assert_array_equal([t.value for t in second.chain_trials()],
+                                [t.value for t in once.trials])
+  np.testing.assert_array_equal(second._live[0][1].u["ridge"],
+                                once._live[0][1].u["ridge"])
+  # Wall-clock keeps counting across the two processes.
+  walls = [t.user_attrs["wall_seconds"] for t in second.chain_trials()]
+  assert walls == sorted(walls)
+
+
+def test_restored_state_has_the_original_types(tmp_path):
+  from hippojax._src.checkpoint import Checkpointer
+  from hippojax._src.outer import OuterState, get_engine
+  from hippojax._src.study import resolve_options
+  problem = hippojax.problems.get("ridge-diabetes")
+  engine = get_engine(problem, "hoag",
+                      resolve_options("hoag", FAST, problem))
+  state, _ = engine.step(engine.init(0))
+  ckpt = Checkpointer(str(tmp_path / "c"))
+  ckpt.save(1, state, {"wall_seconds": 1.5})
+  restored, meta = ckpt.restore(engine.init(0))
+  assert isinstance(restored, OuterState)
+  assert type(restored.opt_state[0]) is type(state.opt_state[0])
+  assert int(restored.step) == 1 and meta["wall_seconds"] == 1.5
+  np.testing.assert_array_equal(restored.u["ridge"], state.u["ridge"])
+  ckpt.close()
+
+
+def test_checkpoint_of_a_deleted_study_is_not_reused(tmp_path):
+  storage = f"sqlite:///{tmp_path}/s.db"
+  s = hippojax.create_study("hoag", storage=storage, study_name="s", **FAST)
+  s.optimize("ridge-diabetes", n_steps=3)
+  optuna.delete_study(study_name="s", storage=storage)
+  again = hippojax.create_study("hoag", storage=storage, study_name="s",
+                                **FAST)
+  again.optimize("ridge-diabetes", n_steps=2)
+  assert [t.user_attrs["step"] for t in again.trials] == [0, 1]
+  assert again.trials[0].value == s.trials[0].value
+
+
+def test_checkpoint_written_with_other_options_is_refused(tmp_path):
+  storage = f"sqlite:///{tmp_path}/s.db"
+  s = hippojax.create_study("hoag", storage=storage, study_name="s", **FAST)
+  s.optimize("ridge-diabetes", n_steps=2)
+  # Tamper with the study record so that only the checkpoint disagrees.
+  optuna.load_study(study_name="s", storage=storage).set_user_attr(
+      "hippojax.options", dict(s.optuna_study.user_attrs["hippojax.options"],
+                               outer_lr=0.5))
+  other = hippojax.create_study("hoag", storage=storage, study_name="s",
+                                inner_steps=50, outer_lr=0.5)
+  with pytest.raises(ValueError, match="checkpoint .* was written with "
+                     "options"):
+    other.optimize("ridge-diabetes", n_steps=4)
+
+
+def test_a_chain_run_by_another_process_is_refused(tmp_path):
+  storage = f"sqlite:///{tmp_path}/s.db"
+  study = hippojax.create_study("hoag", storage=storage, study_name="s",
+                                **FAST)
+  lock_dir = tmp_path / "s.db.checkpoints" / "s"
+  with storage_lib.chain_lock(str(lock_dir), "s", 0):
+    with pytest.raises(hippojax.ChainBusyError, match="seed 0 of study 's' "
+                       "is being run by"):
+      study.optimize("ridge-diabetes", n_steps=2)
+  study.optimize("ridge-diabetes", n_steps=2)  # free again
+  assert len(study.trials) == 2
+
+
+def test_dead_workers_running_trials_are_marked_failed(tmp_path):
+  storage = f"sqlite:///{tmp_path}/s.db"
+  study = hippojax.create_study("random", storage=storage, study_name="s",
+                                **FAST)
+  study.optimize("ridge-diabetes", n_steps=1)
+  orphan = study.optuna_study.ask()
+  dead = subprocess.Popen([sys.executable, "-c", "pass"])
+  dead.wait()
+  orphan.set_user_attr("worker", f"{storage_lib.socket.gethostname()}:"
+                       f"{dead.pid}")
+  study.optimize("ridge-diabetes", n_steps=2)
+  states = [t.state for t in study.trials]
+  assert states.count(optuna.trial.TrialState.FAIL) == 1
+  assert states.count(optuna.trial.TrialState.COMPLETE) == 2
+
+
+# ---------------------------------------------------------------------------
+# Child processes.
+
+
+@pytest.mark.slow
+def test_runs_killed_by_sigkill_resume_without_losing_a_trial(
+    tmp_path, reference, compile_cache):
+  """A gradient chain killed after step 6 (checkpoint at 4), then a
+  black-box chain killed inside its fourth trial, both resumed."""
+  grad_db = f"sqlite:///{tmp_path}/g.db"
+  box_db = f"sqlite:///{tmp_path}/b.db"
+  grad = {"method": "hoag", "storage": grad_db, "n_steps": N_GRAD, "every": 4}
+  box = {"method": "random", "storage": box_db, "n_steps": 6}
+  rc, _, _ = _child(tmp_path, [dict(grad, kill_at=6)], cache=compile_cache)
+  assert rc == -signal.SIGKILL
+  assert len(_load(grad_db).trials) == 7  # steps 0..6; checkpoint at 4
+  rc, results, err = _child(tmp_path, [grad, dict(box, kill_in_trial=3)],
+                            cache=compile_cache)
+  assert rc == -signal.SIGKILL, err
+  (resumed,) = results
+  assert resumed["steps"] == list(range(N_GRAD))  # none lost or duplicated
+  # On CPU the resumed run ends exactly where the uninterrupted one does.
+  assert resumed["values"] == reference["hoag"]["values"]
+  assert resumed["u"] == reference["hoag"]["u"]
+  rc, (box_resumed,), err = _child(tmp_path, [box], cache=compile_cache)
+  assert rc == 0, err
+  states = [t.state for t in _load(box_db).trials]
+  # The trial that was running is marked failed; six trials completed.
+  assert states.count(optuna.trial.TrialState.FAIL) == 1
+  assert states.count(optuna.trial.TrialState.COMPLETE) == 6
+  assert box_resumed["steps"] == list(range(6))
+  assert box_resumed["values"] == reference["random"]["values"]
+
+
+@pytest.mark.slow
+def test_gradient_run_killed_at_any_moment_resumes_exactly(
+    tmp_path, reference, compile_cache):
+  storage = f"sqlite:///{tmp_path}/s.db"
+  cfg = {"method": "hoag", "storage": storage, "n_steps": N_GRAD, "every": 1}
+  proc = _child(tmp_path, [cfg], wait=False, cache=compile_cache)
+  db = tmp_path / "s.db"
+  deadline = time.time() + 120
+  while time.time() < deadline and proc.poll() is None:
+    if db.exists():
+      try:
+        with sqlite3.connect(db, timeout=1) as con:
+          count = con.execute("SELECT count(*) FROM trials").fetchone()[0]
+      except sqlite3.OperationalError:
+        count = 0
+      if count >= 3:
+        break
+    time.sleep(0.01)
+  if proc.poll() is not None:
+    pytest.skip("the child finished before it could be killed")
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate()
+  assert proc.returncode == -signal.SIGKILL
+  rc, (result,), err = _child(tmp_path, [cfg], cache=compile_cache)
+  assert rc == 0, err
+  assert result["steps"] == list(range(N_GRAD))
+  assert result["values"] == reference["hoag"]["values"]
+  assert result["u"] == reference["hoag"]["u"]
+
+
+@pytest.mark.slow
+def test_two_worker_processes_on_one_study_lose_no_trials(tmp_path,
+                                                          compile_cache):
+  """Two processes (seeds 0 and 1) share a journal-file gradient study and
+  a SQLite black-box study."""
+  n = 5
+  journal = str(tmp_path / "g.log")
+  sqlite = f"sqlite:///{tmp_path}/b.db"
+  procs = [_child(tmp_path, [
+      {"method": "hoag", "storage": journal, "n_steps": n, "seed": seed,
+       "every": 2},
+      {"method": "random", "storage": sqlite, "n_steps": n, "seed": seed}],
+                  wait=False, cache=compile_cache) for seed in (0, 1)]
+  for proc in procs:
+    rc, _, err = _finish(proc)
+    assert rc == 0, err
+  for storage in (journal, sqlite):
+    study = _load(storage)
+    complete = [t for t in study.trials
+                if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(study.trials) == len(complete) == 2 * n
+    pairs = sorted((t.user_attrs["chain"], t.user_attrs["step"])
+                   for t in complete)
+    assert pairs == [(c, s) for c in (0, 1) for s in range(n)]
+    assert len({t.number for t in complete}) == 2 * n
