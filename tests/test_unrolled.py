@@ -199,3 +199,30 @@ def test_num_steps_without_batch_leaves(ridge, helpers):
                 ridge.val, num_steps=4)
     np.testing.assert_allclose(hg.grad, expected.grad, rtol=1e-12)
     assert int(hg.info.num_iters) == 4
+
+
+@pytest.mark.parametrize("remat", [False, True])
+def test_same_batch_equals_stacked_batches(ridge, helpers, remat):
+  """same_batch=True with num_steps=T equals T stacked copies of the batch."""
+  T = 7
+  stacked = jax.tree.map(lambda a: jnp.broadcast_to(a, (T,) + a.shape),
+                         ridge.train)
+  w0 = jnp.zeros_like(ridge.params)
+  w_t = jax.lax.fori_loop(0, T, lambda _, w: ridge.step(w, ridge.theta,
+                                                        ridge.train), w0)
+  for method, extra in ((hippojax.reverse, {"remat": remat}),
+                        (hippojax.forward, {}),
+                        (lambda *a, **k: hippojax.drmad(a[0], a[1], a[2], a[3],
+                                                        w_t, *a[4:], **k), {})):
+    want = method(ridge.step, ridge.val_loss, ridge.theta, w0, stacked,
+                  ridge.val, **extra)
+    got = method(ridge.step, ridge.val_loss, ridge.theta, w0, ridge.train,
+                 ridge.val, num_steps=T, same_batch=True, **extra)
+    helpers.assert_tree_close(got.grad, want.grad, rtol=1e-12)
+    np.testing.assert_allclose(got.value, want.value, rtol=1e-13)
+
+
+def test_same_batch_needs_num_steps(ridge):
+  with pytest.raises(ValueError, match="num_steps"):
+    hippojax.reverse(ridge.step, ridge.val_loss, ridge.theta, ridge.params,
+                     ridge.train, ridge.val, same_batch=True)

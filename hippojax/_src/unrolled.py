@@ -19,19 +19,32 @@ from hippojax._src.one_step import finite_info
 PyTree = Any
 
 
-def _first_batch_shape(batches: PyTree) -> PyTree:
+def _first_batch_shape(batches: PyTree, same_batch: bool) -> PyTree:
+  if same_batch:
+    return batches
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype),
                       batches)
 
 
-def _check(train_step, val_loss, hparams, params0, batches):
+def _check(train_step, val_loss, hparams, params0, batches, same_batch):
   checks.check_step_output(train_step, params0, hparams,
-                           _first_batch_shape(batches), params_name="params0")
+                           _first_batch_shape(batches, same_batch),
+                           params_name="params0")
+
+
+def _num_steps(train_batches, num_steps, same_batch) -> int:
+  """T from the leading axis of ``train_batches``, or ``num_steps``."""
+  if not same_batch:
+    return checks.num_steps_of(train_batches, num_steps)
+  if num_steps is None:
+    raise ValueError("same_batch=True needs num_steps=T: train_batches is "
+                     "then one batch used at every step.")
+  return checks.check_int("num_steps", num_steps, 0)
 
 
 def unroll(train_step: Callable, hparams: PyTree, params0: PyTree,
-           train_batches: PyTree, num_steps: int, remat: bool | int = False
-           ) -> PyTree:
+           train_batches: PyTree, num_steps: int, remat: bool | int = False,
+           same_batch: bool = False) -> PyTree:
   """Runs ``num_steps`` steps of ``train_step`` in ``lax.scan``.
 
   With ``remat``, steps are grouped into blocks of ``k`` (``True``:
@@ -40,7 +53,12 @@ def unroll(train_step: Callable, hparams: PyTree, params0: PyTree,
   boundaries plus one block, ``O(√T · P)`` memory, for about one extra
   forward pass.
   """
-  step = lambda w, b: (train_step(w, hparams, b), None)
+  if same_batch:  # one batch at every step: nothing to slice or stack
+    batch = train_batches
+    step = lambda w, _: (train_step(w, hparams, batch), None)
+    train_batches = None
+  else:
+    step = lambda w, b: (train_step(w, hparams, b), None)
   if not remat or num_steps == 0:
     return jax.lax.scan(step, params0, train_batches, length=num_steps)[0]
   k = max(1, math.ceil(math.sqrt(num_steps))) if remat is True else remat
@@ -60,13 +78,15 @@ def unroll(train_step: Callable, hparams: PyTree, params0: PyTree,
 
 
 @functools.partial(jax.jit, static_argnames=("train_step", "val_loss",
-                                             "num_steps", "remat"))
+                                             "num_steps", "remat",
+                                             "same_batch"))
 def _reverse(train_step, val_loss, hparams, params0, train_batches, val_batch,
-             *, num_steps, remat):
-  _check(train_step, val_loss, hparams, params0, train_batches)
+             *, num_steps, remat, same_batch):
+  _check(train_step, val_loss, hparams, params0, train_batches, same_batch)
 
   def objective(w0, lam):
-    w_t = unroll(train_step, lam, w0, train_batches, num_steps, remat)
+    w_t = unroll(train_step, lam, w0, train_batches, num_steps, remat,
+                 same_batch)
     return val_loss(w_t, lam, val_batch)
 
   checks.check_val_loss(val_loss, params0, hparams, val_batch)
@@ -83,8 +103,8 @@ def _check_remat(remat):
 
 def reverse(train_step: Callable, val_loss: Callable, hparams: PyTree,
             params0: PyTree, train_batches: PyTree, val_batch: PyTree, *,
-            remat: bool | int = False, num_steps: int | None = None
-            ) -> HyperGrad:
+            remat: bool | int = False, num_steps: int | None = None,
+            same_batch: bool = False) -> HyperGrad:
   r"""Exact hypergradient through T steps, reverse mode over ``lax.scan``.
 
   .. math::
@@ -105,7 +125,11 @@ def reverse(train_step: Callable, val_loss: Callable, hparams: PyTree,
     val_batch: batch for the validation loss.
     remat: ``False``; ``True`` for ``√T`` checkpointing; or an int block size.
     num_steps: T, needed only when ``train_batches`` has no array leaves
-      (e.g. ``None`` for full-batch steps that read no batch).
+      (e.g. ``None`` for full-batch steps that read no batch) or with
+      ``same_batch=True``.
+    same_batch: if ``True``, ``train_batches`` is one batch (no leading axis)
+      used at every one of the ``num_steps`` steps: full-batch training
+      without stacking T copies of the data.
 
   Returns:
     A :class:`HyperGrad`; ``info.solution`` is ``d L_val / d params0``.
@@ -127,22 +151,24 @@ def reverse(train_step: Callable, val_loss: Callable, hparams: PyTree,
   """
   checks.check_callable("train_step", train_step)
   checks.check_callable("val_loss", val_loss)
-  T = checks.num_steps_of(train_batches, num_steps)
+  T = _num_steps(train_batches, num_steps, same_batch)
   remat = _check_remat(remat)
   hparams = checks.as_float_tree("hparams", hparams)
   return _reverse(train_step, val_loss, hparams, params0, train_batches,
-                  val_batch, num_steps=T, remat=remat)
+                  val_batch, num_steps=T, remat=remat,
+                  same_batch=bool(same_batch))
 
 
 @functools.partial(jax.jit, static_argnames=("train_step", "val_loss",
-                                             "num_steps"))
+                                             "num_steps", "same_batch"))
 def _forward(train_step, val_loss, hparams, params0, train_batches, val_batch,
-             *, num_steps):
-  _check(train_step, val_loss, hparams, params0, train_batches)
+             *, num_steps, same_batch):
+  _check(train_step, val_loss, hparams, params0, train_batches, same_batch)
   checks.check_val_loss(val_loss, params0, hparams, val_batch)
 
   def objective(lam):
-    w_t = unroll(train_step, lam, params0, train_batches, num_steps)
+    w_t = unroll(train_step, lam, params0, train_batches, num_steps,
+                 same_batch=same_batch)
     value = val_loss(w_t, lam, val_batch)
     return value, value
 
@@ -153,7 +179,8 @@ def _forward(train_step, val_loss, hparams, params0, train_batches, val_batch,
 
 def forward(train_step: Callable, val_loss: Callable, hparams: PyTree,
             params0: PyTree, train_batches: PyTree, val_batch: PyTree, *,
-            num_steps: int | None = None) -> HyperGrad:
+            num_steps: int | None = None,
+            same_batch: bool = False) -> HyperGrad:
   r"""The same quantity as :func:`reverse`, in forward mode.
 
   Propagates ``dw_t/dλ`` alongside ``w_t`` (one tangent per scalar
@@ -174,7 +201,10 @@ def forward(train_step: Callable, val_loss: Callable, hparams: PyTree,
     params0: initial inner parameters ``w_0``.
     train_batches: pytree whose leaves have leading axis T.
     val_batch: batch for the validation loss.
-    num_steps: T, needed only when ``train_batches`` has no array leaves.
+    num_steps: T, needed only when ``train_batches`` has no array leaves
+      or with ``same_batch=True``.
+    same_batch: if ``True``, ``train_batches`` is one batch used at every
+      step (see :func:`reverse`).
 
   Returns:
     A :class:`HyperGrad`; ``info.solution`` is ``None``.
@@ -195,17 +225,17 @@ def forward(train_step: Callable, val_loss: Callable, hparams: PyTree,
   """
   checks.check_callable("train_step", train_step)
   checks.check_callable("val_loss", val_loss)
-  T = checks.num_steps_of(train_batches, num_steps)
+  T = _num_steps(train_batches, num_steps, same_batch)
   hparams = checks.as_float_tree("hparams", hparams)
   return _forward(train_step, val_loss, hparams, params0, train_batches,
-                  val_batch, num_steps=T)
+                  val_batch, num_steps=T, same_batch=bool(same_batch))
 
 
 @functools.partial(jax.jit, static_argnames=("train_step", "val_loss",
-                                             "num_steps"))
+                                             "num_steps", "same_batch"))
 def _drmad(train_step, val_loss, hparams, params0, params_t, train_batches,
-           val_batch, *, num_steps):
-  _check(train_step, val_loss, hparams, params0, train_batches)
+           val_batch, *, num_steps, same_batch):
+  _check(train_step, val_loss, hparams, params0, train_batches, same_batch)
   checks.check_like("paramsT", params_t, "params0", params0)
   checks.check_val_loss(val_loss, params_t, hparams, val_batch)
   value, (g_w, g_lam) = jax.value_and_grad(val_loss, argnums=(0, 1))(
@@ -215,6 +245,8 @@ def _drmad(train_step, val_loss, hparams, params0, params_t, train_batches,
   def body(carry, xs):
     g_w, g_lam = carry
     t, batch = xs
+    if same_batch:
+      batch = train_batches
     frac = t / T
     w_t = jax.tree.map(lambda a, b: ((1 - frac) * a + frac * b).astype(a.dtype),
                        params0, params_t)
@@ -223,7 +255,8 @@ def _drmad(train_step, val_loss, hparams, params0, params_t, train_batches,
     return (j_w, jax.tree.map(jnp.add, g_lam, b_w)), None
 
   steps = jnp.arange(num_steps)
-  (adjoint, grad), _ = jax.lax.scan(body, (g_w, g_lam), (steps, train_batches),
+  xs = (steps, None if same_batch else train_batches)
+  (adjoint, grad), _ = jax.lax.scan(body, (g_w, g_lam), xs,
                                     length=num_steps, reverse=True)
   grad = jax.tree.map(lambda g, h: g.astype(h.dtype), grad, hparams)
   return HyperGrad(grad, value, finite_info(num_steps, grad, value, adjoint))
@@ -231,7 +264,8 @@ def _drmad(train_step, val_loss, hparams, params0, params_t, train_batches,
 
 def drmad(train_step: Callable, val_loss: Callable, hparams: PyTree,
           params0: PyTree, paramsT: PyTree, train_batches: PyTree,
-          val_batch: PyTree, *, num_steps: int | None = None) -> HyperGrad:
+          val_batch: PyTree, *, num_steps: int | None = None,
+          same_batch: bool = False) -> HyperGrad:
   r"""DrMAD: the reverse pass of :func:`reverse` on a straight-line trajectory.
 
   The stored trajectory is replaced by
@@ -254,7 +288,10 @@ def drmad(train_step: Callable, val_loss: Callable, hparams: PyTree,
     paramsT: the parameters ``w_T`` after training for T steps.
     train_batches: pytree whose leaves have leading axis T.
     val_batch: batch for the validation loss.
-    num_steps: T, needed only when ``train_batches`` has no array leaves.
+    num_steps: T, needed only when ``train_batches`` has no array leaves
+      or with ``same_batch=True``.
+    same_batch: if ``True``, ``train_batches`` is one batch used at every
+      step (see :func:`reverse`).
 
   Returns:
     A :class:`HyperGrad` (``value`` is ``L_val(w_T)``; ``info.solution`` is
@@ -277,7 +314,7 @@ def drmad(train_step: Callable, val_loss: Callable, hparams: PyTree,
   """
   checks.check_callable("train_step", train_step)
   checks.check_callable("val_loss", val_loss)
-  T = checks.num_steps_of(train_batches, num_steps)
+  T = _num_steps(train_batches, num_steps, same_batch)
   hparams = checks.as_float_tree("hparams", hparams)
   return _drmad(train_step, val_loss, hparams, params0, paramsT, train_batches,
-                val_batch, num_steps=T)
+                val_batch, num_steps=T, same_batch=bool(same_batch))
