@@ -5,58 +5,17 @@ For a gradient step ``Φ = w − η ∇L``, ``J = I − η H`` is symmetric, so
 of ``jax.vjp`` (reverse-over-reverse). This times ``hoag`` and ``ift`` both
 ways, interleaved in one process, on an MLP with per-parameter weight decay.
 
-    python benchmarks/symmetric_products.py [--quick]
+    python benchmarks/symmetric_products.py [--quick] [--out DIR]
 """
 
-import argparse
 import statistics
 import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 import hippojax
 import _common
-
-
-def mlp_problem(hidden: int, depth: int = 2, n: int = 512, d: int = 64,
-                classes: int = 10, seed: int = 0):
-  key = jax.random.PRNGKey(seed)
-  sizes = [d] + [hidden] * depth + [classes]
-  params = []
-  for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-    k = jax.random.fold_in(key, i)
-    params.append({"w": jax.random.normal(k, (a, b)) / np.sqrt(a),
-                   "b": jnp.zeros(b)})
-  kx, ky = jax.random.split(jax.random.fold_in(key, 99))
-  x = jax.random.normal(kx, (2 * n, d))
-  y = jax.random.randint(ky, (2 * n,), 0, classes)
-  hparams = jax.tree.map(lambda p: jnp.full(p.shape, -4.0), params)
-  return params, hparams, (x[:n], y[:n]), (x[n:], y[n:])
-
-
-def forward_pass(params, x):
-  for layer in params[:-1]:
-    x = jnp.tanh(x @ layer["w"] + layer["b"])
-  return x @ params[-1]["w"] + params[-1]["b"]
-
-
-def xent(params, batch):
-  x, y = batch
-  logits = forward_pass(params, x)
-  return jnp.mean(jax.nn.logsumexp(logits, -1) -
-                  jnp.take_along_axis(logits, y[:, None], -1)[:, 0])
-
-
-def train_loss(params, log_decay, batch):
-  penalty = sum(jnp.sum(jnp.exp(h) * p**2) for p, h in zip(
-      jax.tree.leaves(params), jax.tree.leaves(log_decay)))
-  return xent(params, batch) + 0.5 * penalty
-
-
-def val_loss(params, log_decay, batch):
-  return xent(params, batch)
+from _problems import mlp_problem, train_loss, val_loss
 
 
 def median_time(fn, repeats):
@@ -69,10 +28,8 @@ def median_time(fn, repeats):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true")
-  args = parser.parse_args()
-  hiddens = [64, 256] if args.quick else [64, 256, 1024]
+  args = _common.parser(__doc__).parse_args()
+  hiddens = [64] if args.quick else [64, 256, 1024]
   repeats = 5 if args.quick else 15
   step = hippojax.gradient_step(train_loss, learning_rate=0.1)
   rows, data = [], []
@@ -122,7 +79,7 @@ def main():
   print(text)
   _common.write("symmetric_products_quick" if args.quick
                 else "symmetric_products", {"machine": _common.machine(),
-                                            "rows": data}, text)
+                                            "rows": data}, text, args.out)
 
 
 if __name__ == "__main__":
