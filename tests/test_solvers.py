@@ -293,3 +293,19 @@ def test_invalid_solver_options(make, match):
 def test_invalid_solver_option_types(make, match):
   with pytest.raises(TypeError, match=match):
     make()
+
+
+@SETTINGS
+@given(seed=SEEDS, n=st.sampled_from([3, 8]),
+       maxiter=st.integers(1, 8))
+def test_cg_iterates_like_jax_scipy_cg(seed, n, maxiter):
+  """Same iteration as jax.scipy.sparse.linalg.cg, stopped at equal counts."""
+  rng = np.random.default_rng(seed)
+  a = jnp.asarray(_spd(rng, n)[0])
+  b = jnp.asarray(rng.normal(size=n))
+  x0 = jnp.asarray(rng.normal(size=n))
+  ours, stats = _solve(hippojax.CG(tol=1e-30, maxiter=maxiter), a, b, x0)
+  theirs, _ = jax.scipy.sparse.linalg.cg(lambda v: a @ v, b, x0=x0,
+                                         tol=1e-30, maxiter=maxiter)
+  np.testing.assert_allclose(ours, theirs, rtol=1e-9, atol=1e-12)
+  assert 1 <= int(stats.num_iters) <= maxiter
