@@ -3,8 +3,15 @@
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 PyTree = Any
+
+
+def all_finite(tree: PyTree) -> jax.Array:
+  """A bool scalar: every entry of every leaf of ``tree`` is finite."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
 class SolverStats(NamedTuple):

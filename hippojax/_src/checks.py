@@ -95,6 +95,21 @@ def _structure_difference(name: str, expected: PyTree, got: PyTree) -> str:
   return "; ".join(parts) or "the containers differ in type"
 
 
+def _first_leaf_mismatch(tree: PyTree, like: PyTree):
+  """``(path, leaf, like_leaf)`` of the first leaf whose shape or dtype differ.
+
+  Both pytrees must already have the same structure; leaves may be arrays,
+  Python scalars or ``jax.ShapeDtypeStruct``.
+  """
+  as_spec = lambda x: jax.eval_shape(lambda y: y, x)
+  for (path, t), l in zip(jax.tree_util.tree_flatten_with_path(tree)[0],
+                          jax.tree_util.tree_leaves(like)):
+    t, l = as_spec(t), as_spec(l)
+    if t.shape != l.shape or t.dtype != l.dtype:
+      return path, t, l
+  return None
+
+
 def check_step_output(train_step: Callable, params: PyTree, hparams: PyTree,
                       batch: PyTree, *, params_name: str = "params") -> None:
   """``train_step(params, hparams, batch)`` must return ``params``' structure."""
@@ -106,14 +121,13 @@ def check_step_output(train_step: Callable, params: PyTree, hparams: PyTree,
         f"train_step must return a pytree with the structure of "
         f"{params_name}; {_structure_difference(params_name, params, out)} "
         f"(got {o_struct}, expected {p_struct}).")
-  for (path, p), o in zip(jax.tree_util.tree_flatten_with_path(params)[0],
-                          jax.tree_util.tree_leaves(out)):
-    p = jax.eval_shape(lambda x: x, p)
-    if p.shape != o.shape or p.dtype != o.dtype:
-      raise ValueError(
-          f"train_step output at {_path(params_name, path)} has "
-          f"{_describe(o)}, but {_path(params_name, path)} has "
-          f"{_describe(p)}; train_step must preserve shapes and dtypes.")
+  mismatch = _first_leaf_mismatch(out, params)
+  if mismatch is not None:
+    path, o, p = mismatch
+    raise ValueError(
+        f"train_step output at {_path(params_name, path)} has "
+        f"{_describe(o)}, but {_path(params_name, path)} has "
+        f"{_describe(p)}; train_step must preserve shapes and dtypes.")
 
 
 def check_like(name: str, tree: PyTree, like_name: str, like: PyTree) -> None:
@@ -122,13 +136,11 @@ def check_like(name: str, tree: PyTree, like_name: str, like: PyTree) -> None:
     raise ValueError(
         f"{name} must have the pytree structure of {like_name}; "
         f"{_structure_difference(name, like, tree)}.")
-  for (path, t), l in zip(jax.tree_util.tree_flatten_with_path(tree)[0],
-                          jax.tree_util.tree_leaves(like)):
-    t, l = jax.eval_shape(lambda x: x, t), jax.eval_shape(lambda x: x, l)
-    if t.shape != l.shape or t.dtype != l.dtype:
-      raise ValueError(
-          f"{_path(name, path)} has {_describe(t)}, but "
-          f"{_path(like_name, path)} has {_describe(l)}.")
+  mismatch = _first_leaf_mismatch(tree, like)
+  if mismatch is not None:
+    path, t, l = mismatch
+    raise ValueError(f"{_path(name, path)} has {_describe(t)}, but "
+                     f"{_path(like_name, path)} has {_describe(l)}.")
 
 
 def check_val_loss(val_loss: Callable, params: PyTree, hparams: PyTree,

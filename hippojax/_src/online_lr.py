@@ -14,6 +14,7 @@ import numpy as np
 import optax
 
 from hippojax._src import checks
+from hippojax._src.base import all_finite
 
 PyTree = Any
 
@@ -38,10 +39,6 @@ class HypergradientDescentState(NamedTuple):
   hypergradient: jax.Array
   direction: PyTree
   inner_state: Any
-
-
-def _all_finite(x: jax.Array) -> jax.Array:
-  return jnp.all(jnp.isfinite(x))
 
 
 def hypergradient_descent(
@@ -190,7 +187,7 @@ def hypergradient_descent(
       lr = lr_prev * (1 - beta * cos)
     else:
       lr = lr_prev - beta * h
-    ok = _all_finite(lr)
+    ok = all_finite(lr)
     lr = jnp.clip(jnp.where(ok, lr, lr_prev), min_learning_rate, upper)
     lr = lr.astype(lr_prev.dtype)
     h = jnp.where(ok, h, 0).astype(lr_prev.dtype)

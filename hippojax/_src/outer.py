@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from hippojax._src.base import all_finite
 from hippojax._src.implicit import hoag, ift
 from hippojax._src.one_step import t1t2
 from hippojax._src.space import SearchSpace
@@ -134,11 +135,6 @@ def _as_float_leaves(data):
   return jax.tree.unflatten(treedef, floats), dtypes
 
 
-def _tree_finite(tree) -> jax.Array:
-  return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x))
-                              for x in jax.tree.leaves(tree)]))
-
-
 class Engine:
   """The compiled outer step of one gradient method on one problem.
 
@@ -219,16 +215,17 @@ class Engine:
                    (w_end, data), None, val, num_steps=self.unroll_steps)
       w = w_end
       value = p.val_loss(w, hparams, val)
-    finite = _tree_finite(hg.grad)
+    finite = all_finite(hg.grad)
     grad = jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)),
                         hg.grad)
     updates, opt_state = self.optimizer.update(grad, state.opt_state, u)
     new_u = optax.apply_updates(u, updates)
     # Training that blew up restarts from the previous weights.
-    ok = _tree_finite(w)
+    ok = all_finite(w)
     w = jax.tree.map(lambda a, b: jnp.where(ok, a, b), w, state.params)
+    solution_ok = all_finite(solution)
     solution = jax.tree.map(
-        lambda a, b: jnp.where(_tree_finite(solution), a, jnp.zeros_like(b)),
+        lambda a, b: jnp.where(solution_ok, a, jnp.zeros_like(b)),
         solution, state.params)
     new_state = OuterState(state.step + 1, new_u, w, opt_state, solution,
                            state.key)

@@ -20,6 +20,7 @@ from hippojax._src import checks
 from hippojax._src import implicit as implicit_lib
 from hippojax._src import solvers as solvers_lib
 from hippojax._src import unrolled as unrolled_lib
+from hippojax._src.base import all_finite
 from hippojax._src.base import HyperGrad
 from hippojax._src.one_step import t1t2
 
@@ -123,11 +124,6 @@ def _warm_start_like(warm: PyTree, inner_params: PyTree) -> PyTree:
           f"{tuple(jnp.shape(w))}, but inner_params_like gave shape "
           f"{tuple(q.shape)}.")
   return optax.tree.cast_like(warm, inner_params)
-
-
-def _all_finite(tree: PyTree) -> jax.Array:
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
 def _check_options(method: str, options: dict) -> dict:
@@ -366,7 +362,7 @@ def hypergradient(train_step: Callable, val_loss: Callable,
     hg = compute(state, params, extra)
     # A non-finite value or residual also refuses: a solver fed a non-finite
     # right-hand side may stop at once and return a finite, stale solution.
-    finite = (_all_finite(hg.grad) & jnp.isfinite(hg.value) &
+    finite = (all_finite(hg.grad) & jnp.isfinite(hg.value) &
               ~jnp.isnan(hg.info.residual))
     grad = jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)),
                         hg.grad)
@@ -376,7 +372,7 @@ def hypergradient(train_step: Callable, val_loss: Callable,
     warm = old_warm
     if warm is not None:
       q = hg.info.solution
-      warm = optax.tree.where(finite & _all_finite(q),
+      warm = optax.tree.where(finite & all_finite(q),
                               optax.tree.cast_like(q, warm), warm)
     if method == "hoag":
       tol = jnp.maximum(state.tol * opts["decay"], opts["min_tol"])
