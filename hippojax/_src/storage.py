@@ -117,8 +117,9 @@ def open_storage(storage: Any) -> ResolvedStorage:
       break
     except Exception as e:  # pylint: disable=broad-except
       # Two processes creating the same new database race to create its
-      # tables; the loser finds them there on the next attempt.
-      if attempt < 4 and "already exists" in str(e):
+      # tables; the loser finds them there (or the lock released) on the
+      # next attempt.
+      if attempt < 4 and ("already exists" in str(e) or "locked" in str(e)):
         time.sleep(0.05 * (attempt + 1))
         continue
       raise StorageError(f"cannot open storage {url!r}: "
