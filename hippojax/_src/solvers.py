@@ -115,29 +115,41 @@ class CG:
 
   def __call__(self, matvec: MatVec, b: PyTree,
                init: PyTree | None = None) -> tuple[PyTree, SolverStats]:
-    x0 = _initial(b, init)
-    r0 = b if init is None else optax.tree.sub(b, matvec(x0))
-    gamma0 = optax.tree.vdot(r0, r0)
-    threshold = self.tol**2 * optax.tree.vdot(b, b)
+    return conjugate_gradient(matvec, b, init, tol=self.tol,
+                              maxiter=self.maxiter)
 
-    def cond(carry):
-      _, _, gamma, _, k = carry
-      return (gamma > threshold) & (k < self.maxiter)
 
-    def body(carry):
-      x, r, gamma, p, k = carry
-      ap = matvec(p)
-      curvature = optax.tree.vdot(p, ap)
-      alpha = gamma / jnp.where(curvature != 0, curvature, 1.0)
-      x = optax.tree.add_scale(x, alpha, p)
-      r = optax.tree.add_scale(r, -alpha, ap)
-      gamma_new = optax.tree.vdot(r, r)
-      beta = gamma_new / jnp.where(gamma != 0, gamma, 1.0)
-      p = optax.tree.add_scale(r, beta, p)
-      return x, r, gamma_new, p, k + 1
+def conjugate_gradient(matvec: MatVec, b: PyTree, init: PyTree | None, *,
+                       tol, maxiter: int) -> tuple[PyTree, SolverStats]:
+  """The iteration behind :class:`CG`; ``tol`` may be a traced array.
 
-    x, *_, k = jax.lax.while_loop(cond, body, (x0, r0, gamma0, r0, 0))
-    return x, _stats(matvec, b, x, self.tol, k)
+  HOAG's decreasing tolerance changes every outer step, so the optax
+  transform passes it as an array rather than building a new (static)
+  ``CG`` each step, which would recompile.
+  """
+  x0 = _initial(b, init)
+  r0 = b if init is None else optax.tree.sub(b, matvec(x0))
+  gamma0 = optax.tree.vdot(r0, r0)
+  threshold = tol**2 * optax.tree.vdot(b, b)
+
+  def cond(carry):
+    _, _, gamma, _, k = carry
+    return (gamma > threshold) & (k < maxiter)
+
+  def body(carry):
+    x, r, gamma, p, k = carry
+    ap = matvec(p)
+    curvature = optax.tree.vdot(p, ap)
+    alpha = gamma / jnp.where(curvature != 0, curvature, 1.0)
+    x = optax.tree.add_scale(x, alpha, p)
+    r = optax.tree.add_scale(r, -alpha, ap)
+    gamma_new = optax.tree.vdot(r, r)
+    beta = gamma_new / jnp.where(gamma != 0, gamma, 1.0)
+    p = optax.tree.add_scale(r, beta, p)
+    return x, r, gamma_new, p, k + 1
+
+  x, *_, k = jax.lax.while_loop(cond, body, (x0, r0, gamma0, r0, 0))
+  return x, _stats(matvec, b, x, tol, k)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -84,21 +84,6 @@ _METHODS = {
 }
 
 
-class _ArrayTolCG(NamedTuple):
-  """:class:`hippojax.CG` whose tolerance is an array (HOAG's schedule).
-
-  ``CG``'s options are static Python values; the scheduled tolerance changes
-  every outer step and is carried in the state, so it must be traced to avoid
-  a recompilation per step. The iteration is ``CG``'s own.
-  """
-
-  tol: jax.Array
-  maxiter: int
-
-  def __call__(self, matvec, b, init):
-    return solvers_lib.CG.__call__(self, matvec, b, init)
-
-
 @functools.partial(jax.jit, static_argnames=("train_step", "val_loss",
                                              "maxiter", "symmetric"))
 def _hoag_scheduled(train_step, val_loss, hparams, params, train_batch,
@@ -106,7 +91,8 @@ def _hoag_scheduled(train_step, val_loss, hparams, params, train_batch,
   """:func:`hippojax.hoag` with the tolerance ``tol`` as an array argument."""
   return implicit_lib.implicit_core(
       train_step, val_loss, hparams, params, train_batch, val_batch, init,
-      _ArrayTolCG(tol, maxiter), symmetric, params_name="inner_params")
+      functools.partial(solvers_lib.conjugate_gradient, tol=tol,
+                        maxiter=maxiter), symmetric, params_name="inner_params")
 
 
 def _warm_start_like(warm: PyTree, inner_params: PyTree) -> PyTree:
