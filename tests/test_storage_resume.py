@@ -323,3 +323,29 @@ def test_two_worker_processes_on_one_study_lose_no_trials(tmp_path,
                    for t in complete)
     assert pairs == [(c, s) for c in (0, 1) for s in range(n)]
     assert len({t.number for t in complete}) == 2 * n
+
+
+OPENER = textwrap.dedent("""
+    import sys, time
+    from hippojax._src import storage
+    start = float(sys.argv[2])
+    time.sleep(max(0.0, start - time.time()))
+    storage.open_storage(sys.argv[1])
+""")
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_processes_creating_one_new_sqlite_file_at_once_all_open_it(
+    tmp_path, round_):
+  """Workers started together on a new database must not collide on its
+  schema (tables and the alembic version row)."""
+  del round_
+  url = f"sqlite:///{tmp_path}/new.db"
+  start = time.time() + 3.0  # after every child has imported
+  procs = [subprocess.Popen([sys.executable, "-c", OPENER, url, str(start)],
+                            stderr=subprocess.PIPE, text=True)
+           for _ in range(4)]
+  errors = [p.communicate(timeout=120)[1] for p in procs]
+  assert [p.returncode for p in procs] == [0] * 4, errors
+  optuna.create_study(storage=url, study_name="x")
+  assert optuna.get_all_study_names(url) == ["x"]

@@ -111,23 +111,40 @@ def open_storage(storage: Any) -> ResolvedStorage:
   path = _sqlite_path(url)
   if path is not None:
     _check_parent(url, path)
-  for attempt in range(5):
-    try:
-      rdb = optuna.storages.RDBStorage(url)
-      break
-    except Exception as e:  # pylint: disable=broad-except
-      # Two processes creating the same new database race to create its
-      # tables; the loser finds them there (or the lock released) on the
-      # next attempt.
-      if attempt < 4 and ("already exists" in str(e) or "locked" in str(e)):
-        time.sleep(0.05 * (attempt + 1))
-        continue
-      raise StorageError(f"cannot open storage {url!r}: "
-                         f"{type(e).__name__}: {_first_line(e)}") from e
+  # Workers started together on a new SQLite file would race to create its
+  # tables and stamp its schema version; a lock file beside the database
+  # serialises that (and only that) across processes on this machine.
+  with (_file_lock(path + ".lock", timeout=120) if path is not None
+        else contextlib.nullcontext()):
+    rdb = _open_rdb(url)
   if path is not None:
     _fast_sqlite(rdb)
   root = path + ".checkpoints" if path else "hippojax-checkpoints"
   return ResolvedStorage(rdb, url, root)
+
+
+def _open_rdb(url: str):
+  """``optuna.storages.RDBStorage(url)``, retrying transient contention."""
+  import optuna
+  transient = ("already exists", "locked", "UNIQUE constraint failed")
+  for attempt in range(5):
+    try:
+      return optuna.storages.RDBStorage(url)
+    except Exception as e:  # pylint: disable=broad-except
+      # A database server shared with processes that do not take the lock
+      # file (or a busy SQLite file) can still collide on creation; the loser
+      # finds the schema there on the next attempt.
+      if attempt < 4 and any(t in str(e) for t in transient):
+        time.sleep(0.05 * (attempt + 1))
+        continue
+      raise StorageError(f"cannot open storage {url!r}: "
+                         f"{type(e).__name__}: {_first_line(e)}") from e
+
+
+def _file_lock(path: str, timeout: float):
+  """A cross-platform inter-process lock on ``path`` (created if missing)."""
+  import filelock
+  return filelock.FileLock(path, timeout=timeout)
 
 
 def _fast_sqlite(rdb) -> None:
@@ -206,24 +223,26 @@ def chain_lock(directory: str | None, study_name: str, chain: int):
   if directory is None:
     yield
     return
-  import fcntl
+  import filelock
   os.makedirs(directory, exist_ok=True)
-  path = os.path.join(directory, f"chain-{chain}.lock")
-  with open(path, "a+") as f:
+  lock = _file_lock(os.path.join(directory, f"chain-{chain}.lock"), timeout=0)
+  owner = os.path.join(directory, f"chain-{chain}.owner")
+  try:
+    lock.acquire()
+  except filelock.Timeout:
     try:
-      fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+      with open(owner) as f:
+        holder = f.read().strip()
     except OSError:
-      f.seek(0)
-      holder = f.read().strip() or "another process"
-      raise ChainBusyError(
-          f"seed {chain} of study {study_name!r} is being run by {holder}. "
-          "Each process runs one seed (one chain of trials); start other "
-          "workers with other --seed values.") from None
-    f.seek(0)
-    f.truncate()
-    f.write(worker_id())
-    f.flush()
-    try:
-      yield
-    finally:
-      fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+      holder = ""
+    raise ChainBusyError(
+        f"seed {chain} of study {study_name!r} is being run by "
+        f"{holder or 'another process'}. Each process runs one seed (one "
+        "chain of trials); start other workers with other --seed "
+        "values.") from None
+  try:
+    with open(owner, "w") as f:
+      f.write(worker_id())
+    yield
+  finally:
+    lock.release()
