@@ -125,9 +125,12 @@ def test_n_steps_counts_the_chain_and_continues_it():
 def test_timeout_stops_the_chain():
   study = hippojax.create_study("random", storage=":memory:", **FAST)
   study.optimize("ridge-diabetes", timeout=0.5)
-  n = len(study.trials)
-  assert n >= 1
-  assert study.trials[-1].user_attrs["wall_seconds"] < 5.0
+  walls = [t.user_attrs["wall_seconds"] for t in study.trials]
+  assert len(walls) >= 1
+  # Every trial but the last was started, and ended, before the timeout
+  # (however slow the machine): no trial starts after it.
+  assert all(w < 0.5 for w in walls[:-1])
+  assert walls == sorted(walls)
 
 
 def test_seeds_are_chains_of_one_study(tmp_path):
