@@ -725,11 +725,12 @@ def markdown(data) -> str:
       "loss reads the hyperparameters; the criterion here adds 0·Σλ in "
       "evaluation mode to let them run.",
       "- `hippojax.torch` gives hippojax's numbers on the torch model. Each "
-      "product with the torch step is a callback that re-runs the torch "
-      "forward pass through `torch.func`, whose per-call cost dominates "
-      "these small models: there it is slower than HippoTrainer, which "
-      "reuses one autograd graph for all products. The speed comes from "
-      "the JAX path.", ""]
+      "call into torch is a `jax.pure_callback`; products at one point "
+      "reuse one `torch.func.vjp` graph, as HippoTrainer reuses its "
+      "autograd graph, but on these small models the fixed cost of each "
+      "callback (JAX places its arguments on the CPU device, torch.func "
+      "sets up its transforms) dominates, and this path is slower than "
+      "HippoTrainer. The speed comes from the JAX path.", ""]
   goals = data["goals"]
   md += ["Goals (hippojax in JAX, every method, hyper-step and outer step): "
          + "; ".join(f"`{n}` ≥ {g['goal']:g}×: "

@@ -103,6 +103,7 @@ def mlp():
   return types.SimpleNamespace(
       net=net, params=params, w_star=w_star, hparams=hparams, train=train,
       val=val, batches=batches, w_t=jax.jit(JAX_STEP)(params, hparams, train),
+      train_loss=torch_train_loss,
       step=hjt.gradient_step(torch_train_loss, LR),
       val_loss=hjt.wrap(torch_val_loss))
 
@@ -219,6 +220,44 @@ def test_wrapped_functions_are_hashable_and_not_recompiled(mlp):
   # No new trace, so no new probe: only the compiled callbacks ran again.
   assert len(calls) - after_first <= after_first - 1
   assert _rel(first, second) > 0
+
+
+def test_products_at_one_point_reuse_one_torch_graph(mlp):
+  """CG asks for many products Jᵀv at one point; torch runs the training
+  loss's forward and gradient passes once for them, and a new point is never
+  served from the old graph."""
+  calls = []
+
+  def counting_loss(p, h, batch):
+    calls.append(1)
+    return mlp.train_loss(p, h, batch)
+
+  def fresh_step():
+    return hjt.gradient_step(counting_loss, LR)
+
+  def run(step, w):
+    return hippojax.hoag(step, mlp.val_loss, mlp.hparams, w, mlp.train,
+                         mlp.val, tol=1e-30, maxiter=25)
+
+  step = fresh_step()
+  run(step, mlp.w_star)  # compiles (and probes on zeros)
+  calls.clear()
+  at_star = run(step, mlp.w_star)
+  assert int(at_star.info.num_iters) == 25
+  # 25 CG products and the residual's share one graph; the VJP in hparams
+  # and the step's own call build theirs.
+  assert len(calls) <= 4, len(calls)
+
+  w_other = jax.tree.map(lambda w: w + 0.05, mlp.w_star)
+  at_other = run(step, w_other)
+  fresh_other = run(fresh_step(), w_other)
+  again = run(step, mlp.w_star)
+  for got, want in ((at_other, fresh_other), (again, at_star)):
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert _rel(at_other.grad, at_star.grad) > 1e-3
+  step.clear_cache()
+  assert not step._pullbacks  # pylint: disable=protected-access
 
 
 def test_concurrent_calls_on_one_module_are_serialised():

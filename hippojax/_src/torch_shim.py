@@ -28,6 +28,9 @@ outputs leave torch as NumPy views of the result tensors and XLA copies them
 into its buffers (one copy). Outside ``jit`` (eager calls), inputs and outputs
 cross by DLPack both ways, without copies, on the CPU and on a GPU alike.
 
+Products at one point (a linear solver's ``Jᵀv``) reuse one
+``torch.func.vjp`` pullback; see :func:`_vjp_at`.
+
 Output shapes and dtypes are found by calling the function once, at trace
 time, on zeros of the input shapes, and cached per input structure, shapes and
 dtypes. Calls into torch hold one lock: XLA may run independent callbacks on
@@ -314,6 +317,8 @@ class TorchFunction:
                                    hash=False, repr=False)
   _probed: dict = dataclasses.field(default_factory=dict, compare=False,
                                     hash=False, repr=False)
+  _pullbacks: dict = dataclasses.field(default_factory=dict, compare=False,
+                                       hash=False, repr=False)
 
   @functools.cached_property
   def torch_device(self) -> torch.device | None:
@@ -327,6 +332,16 @@ class TorchFunction:
     spec = self._spec(in_tree, in_avals)
     outs = _call_p.bind(*leaves, spec=spec)
     return jax.tree.unflatten(spec.out_tree, outs)
+
+  def clear_cache(self) -> None:
+    """Drops the pullbacks kept for repeated products at one point.
+
+    Each keeps the autograd graph of one call (the activations of one
+    training step, and copies of its inputs); the next product at a new point
+    replaces it anyway, so this is only needed to free that memory early.
+    """
+    with _TORCH_LOCK:
+      self._pullbacks.clear()
 
   def _spec(self, in_tree, in_avals) -> _Spec:
     key = (in_tree, in_avals)
@@ -426,14 +441,63 @@ def _torch_jvp(spec: _Spec, mask: tuple, inputs: list,
 
 @_serialised
 def _torch_vjp(spec: _Spec, mask: tuple, inputs: list, cts: list) -> list:
-  primals = tuple(x for x, m in zip(inputs, mask) if m)
   try:
-    _, vjp = torch.func.vjp(spec.differentiable(inputs, mask), *primals)
+    vjp = _vjp_at(spec, mask, inputs)
     out = vjp(tuple(cts))
   except (RuntimeError, NotImplementedError) as e:
     raise _with_message(e, f"torch.func.vjp of {spec.fn.name} failed: {e}\n"
                         f"{_NEEDS_DOUBLE_BACKWARD}") from e
   return list(out)
+
+
+def _vjp_at(spec: _Spec, mask: tuple, inputs: list) -> Callable:
+  """``torch.func.vjp``'s pullback of ``fn`` at ``inputs``, reused when the
+  previous call with this signature and mask was at the same point.
+
+  Written by hand because neither library does it: the linear solvers ask for
+  many products ``Jᵀv`` at one point (``params``, ``hparams``, ``batch``), and
+  each primitive call is stateless, so without this every product would re-run
+  the forward and gradient passes in torch. Keeping the last point's pullback
+  (its autograd graph) makes each further product one backward pass, as
+  autograd's ``retain_graph`` does for HippoTrainer. The point is matched
+  bit for bit, so the result is exactly what a fresh ``torch.func.vjp`` gives.
+  One pullback is kept per signature and mask;
+  :meth:`TorchFunction.clear_cache` drops them.
+  """
+  cache = spec.fn._pullbacks  # pylint: disable=protected-access
+  key = (spec.key(), mask)
+  hit = cache.get(key)
+  if hit is not None and _same_point(hit[0], inputs):
+    return hit[1]
+  cache.pop(key, None)  # free the old graph before building the new one
+  # Under jit the inputs are views of XLA buffers that live only as long as
+  # this callback; the graph must keep tensors of its own.
+  owned = [x.clone() for x in inputs]
+  primals = tuple(x for x, m in zip(owned, mask) if m)
+  _, vjp = torch.func.vjp(spec.differentiable(owned, mask), *primals)
+  cache[key] = (owned, vjp)
+  return vjp
+
+
+def _same_point(a: list, b: list) -> bool:
+  """Bitwise equality of two lists of tensors (NaNs and signed zeros too)."""
+  for x, y in zip(a, b):
+    if x.shape != y.shape or x.dtype != y.dtype or x.device != y.device:
+      return False
+    if x.is_floating_point() or x.is_complex():
+      x, y = _bits(x), _bits(y)
+    if not torch.equal(x, y):
+      return False
+  return True
+
+
+_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _bits(x: torch.Tensor) -> torch.Tensor:
+  if x.is_complex():
+    x = torch.view_as_real(x)
+  return x.contiguous().view(_BITS[x.element_size()])
 
 
 def _split(spec: _Spec, arrays):
