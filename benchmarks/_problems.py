@@ -63,19 +63,27 @@ def forward_pass(params, x):
   return x @ params[-1]["w"] + params[-1]["b"]
 
 
+def softmax_xent(logits, labels):
+  """Mean softmax cross-entropy of ``logits`` against integer ``labels``."""
+  return jnp.mean(jax.nn.logsumexp(logits, -1) -
+                  jnp.take_along_axis(logits, labels[:, None], -1)[:, 0])
+
+
+def decay_penalty(params, log_decay):
+  """Per-weight decay ``½ Σ exp(λ_i) w_i²``."""
+  return 0.5 * sum(jnp.sum(jnp.exp(h) * p**2) for p, h in zip(
+      jax.tree.leaves(params), jax.tree.leaves(log_decay)))
+
+
 def xent(params, batch):
   """Mean softmax cross-entropy."""
   x, y = batch
-  logits = forward_pass(params, x)
-  return jnp.mean(jax.nn.logsumexp(logits, -1) -
-                  jnp.take_along_axis(logits, y[:, None], -1)[:, 0])
+  return softmax_xent(forward_pass(params, x), y)
 
 
 def train_loss(params, log_decay, batch):
   """Cross-entropy plus per-weight decay ``½ Σ exp(λ_i) w_i²``."""
-  penalty = sum(jnp.sum(jnp.exp(h) * p**2) for p, h in zip(
-      jax.tree.leaves(params), jax.tree.leaves(log_decay)))
-  return xent(params, batch) + 0.5 * penalty
+  return xent(params, batch) + decay_penalty(params, log_decay)
 
 
 def val_loss(params, log_decay, batch):
@@ -118,16 +126,12 @@ def softmax_regression_problem(n: int = 4000, d: int = 64, classes: int = 10,
 def linear_xent(params, batch):
   """Mean softmax cross-entropy of a linear model."""
   x, y = batch
-  logits = x @ params["w"] + params["b"]
-  return jnp.mean(jax.nn.logsumexp(logits, -1) -
-                  jnp.take_along_axis(logits, y[:, None], -1)[:, 0])
+  return softmax_xent(x @ params["w"] + params["b"], y)
 
 
 def linear_train_loss(params, log_decay, batch):
   """Cross-entropy plus per-weight decay ``½ Σ exp(λ_i) w_i²``."""
-  penalty = sum(jnp.sum(jnp.exp(h) * p**2) for p, h in zip(
-      jax.tree.leaves(params), jax.tree.leaves(log_decay)))
-  return linear_xent(params, batch) + 0.5 * penalty
+  return linear_xent(params, batch) + decay_penalty(params, log_decay)
 
 
 def linear_val_loss(params, log_decay, batch):

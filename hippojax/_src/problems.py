@@ -345,6 +345,15 @@ def _digits(noise: float = 0.0):
   return xs, ys, corrupted
 
 
+def _labelled(xs, ys) -> dict:
+  """Train/validation/test batches ``(features, integer labels)`` and the
+  accuracy metric's name and direction, shared by the classifiers."""
+  batches = [(_float(x), jnp.asarray(y)) for x, y in zip(xs, ys)]
+  return {"train_data": batches[0], "val_data": batches[1],
+          "test_data": batches[2], "metric_name": "test accuracy",
+          "higher_is_better": True}
+
+
 def _linear_init(d, k):
 
   def init(key):
@@ -369,11 +378,8 @@ def _logreg_digits(x64: bool) -> Problem:
                    f"strength per weight ({d * 10} hparams)"),
       space=space, train_step=step, val_loss=_softmax_ce,
       init_params=_linear_init(d, 10),
-      train_data=(_float(xt), jnp.asarray(yt)),
-      val_data=(_float(xv), jnp.asarray(yv)),
-      test_data=(_float(xe), jnp.asarray(ye)), test_metric=_softmax_accuracy,
-      metric_name="test accuracy", higher_is_better=True, inner_steps=300,
-      outer_lr=0.2)
+      **_labelled((xt, xv, xe), (yt, yv, ye)), test_metric=_softmax_accuracy,
+      inner_steps=300, outer_lr=0.2)
 
 
 def _weighted_ce(params, hparams, batch):
@@ -404,11 +410,8 @@ def _hyper_cleaning_digits(x64: bool) -> Problem:
                    f"{corrupted.mean():.0%} of training labels corrupted"),
       space=space, train_step=step, val_loss=_softmax_ce,
       init_params=_linear_init(d, 10),
-      train_data=(_float(xt), jnp.asarray(yt)),
-      val_data=(_float(xv), jnp.asarray(yv)),
-      test_data=(_float(xe), jnp.asarray(ye)), test_metric=_softmax_accuracy,
-      metric_name="test accuracy", higher_is_better=True, inner_steps=300,
-      outer_lr=0.3, extras={"corrupted": corrupted})
+      **_labelled((xt, xv, xe), (yt, yv, ye)), test_metric=_softmax_accuracy,
+      inner_steps=300, outer_lr=0.3, extras={"corrupted": corrupted})
 
 
 # ---------------------------------------------------------------------------
@@ -477,11 +480,8 @@ def _mlp_digits(x64: bool) -> Problem:
                    "weight decay and a log learning rate (3 hparams)"),
       space=space, train_step=gradient_step(_mlp_loss, _learning_rate),
       val_loss=_mlp_ce, init_params=_mlp_init(sizes),
-      train_data=(_float(xt), jnp.asarray(yt)),
-      val_data=(_float(xv), jnp.asarray(yv)),
-      test_data=(_float(xe), jnp.asarray(ye)), test_metric=_mlp_accuracy,
-      metric_name="test accuracy", higher_is_better=True, inner_steps=300,
-      outer_lr=0.1)
+      **_labelled((xt, xv, xe), (yt, yv, ye)), test_metric=_mlp_accuracy,
+      inner_steps=300, outer_lr=0.1)
 
 
 @functools.cache
@@ -517,11 +517,8 @@ def _mlp_mnist1d(x64: bool) -> Problem:
                    "per-layer weight decay (3 hparams)"),
       space=space, train_step=gradient_step(_mlp_loss, 0.5),
       val_loss=_mlp_ce, init_params=_mlp_init(sizes),
-      train_data=(_float(xt), jnp.asarray(y[tr])),
-      val_data=(_float(xv), jnp.asarray(y[va])),
-      test_data=(_float(xe), jnp.asarray(ye)), test_metric=_mlp_accuracy,
-      metric_name="test accuracy", higher_is_better=True, inner_steps=500,
-      outer_lr=0.1)
+      **_labelled((xt, xv, xe), (y[tr], y[va], ye)),
+      test_metric=_mlp_accuracy, inner_steps=500, outer_lr=0.1)
 
 
 # ---------------------------------------------------------------------------
