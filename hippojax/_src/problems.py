@@ -86,13 +86,7 @@ class Problem:
       if p.name not in values:
         raise ValueError(f"hparams is missing {p.name!r}; expected keys "
                          f"{self.space.names}.")
-      v = np.asarray(values[p.name], np.float64)
-      if v.shape != p.shape:
-        try:
-          v = np.broadcast_to(v, p.shape)
-        except ValueError:
-          raise ValueError(f"hparams[{p.name!r}] has shape {v.shape}, "
-                           f"expected {p.shape}.") from None
+      v = p.broadcast(values[p.name], f"hparams[{p.name!r}] has shape")
       out[p.name] = jnp.asarray(v, jnp.zeros(()).dtype)
     return out
 

@@ -130,16 +130,24 @@ class FloatParam:
   def unconstrain(self, value: Any) -> np.ndarray:
     """The inverse of :meth:`constrain`, computed in NumPy float64."""
     a, b = self._interval()
-    v = np.asarray(value, np.float64)
-    if v.shape != self.shape:
-      try:
-        v = np.broadcast_to(v, self.shape)
-      except ValueError:
-        raise ValueError(f"{self.name}: got a value of shape {v.shape}, "
-                         f"expected {self.shape}.") from None
+    v = self.broadcast(value, f"{self.name}: got a value of shape")
     z = np.log(np.maximum(v, self.low)) if self.log else v
     s = np.clip((z - a) / (b - a), _EDGE, 1 - _EDGE)
     return np.log(s) - np.log1p(-s)
+
+  def broadcast(self, value: Any, what: str) -> np.ndarray:
+    """``value`` as float64 of this parameter's shape (broadcast if needed).
+
+    Raises:
+      ValueError: ``"{what} (shape), expected (shape)."`` if it cannot be.
+    """
+    v = np.asarray(value, np.float64)
+    if v.shape == self.shape:
+      return v
+    try:
+      return np.broadcast_to(v, self.shape)
+    except ValueError:
+      raise ValueError(f"{what} {v.shape}, expected {self.shape}.") from None
 
   def default(self) -> np.ndarray:
     """The starting value: ``init``, or the midpoint of the (log) range."""
