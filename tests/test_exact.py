@@ -34,7 +34,7 @@ IMPLICIT = {
     # Jᵀv by reverse-mode VJPs instead of the symmetric J v shortcut.
     "vjp": lambda *a: hippojax.implicit_hypergrad(
         *a, solver=hippojax.BiCGStab(tol=TIGHT, maxiter=200),
-        symmetric=False),
+        symmetric=False, system="fixed_point"),
 }
 # Loose default options (``"cg"`` by name uses tol=1e-6): compared loosely.
 LOOSE = {"cg_by_name": 1e-5}
@@ -105,16 +105,25 @@ def test_logistic_implicit_matches_dense_solve(logistic, helpers, method):
 
 
 def test_implicit_solution_is_dense_q(logistic):
-  """info.solution solves (I − Jᵀ)q = ∇_w L_val, i.e. q = (ηH)⁻¹∇_w L_val."""
+  """info.solution solves the system of the form used.
+
+  Fixed-point form: (I − Jᵀ)q = ∇_w L_val, i.e. q = (ηH)⁻¹∇_w L_val;
+  Hessian form (the default for gradient steps): z = H⁻¹∇_w L_val = ηq.
+  """
   p = logistic
   # Newton's w* is a fixed point to machine precision.
   grad_train = jax.grad(p.train_loss)(p.params, p.theta, p.train)
   assert float(jnp.linalg.norm(grad_train)) <= 1e-14
-  hg = hippojax.hoag(*_implicit_args(p), tol=1e-13, maxiter=200)
   h = jax.hessian(p.train_loss)(p.params, p.theta, p.train)
   g_w = jax.grad(p.val_loss)(p.params, p.theta, p.val)
-  q = jnp.linalg.solve(p.lr * h, g_w)
-  np.testing.assert_allclose(hg.info.solution, q, rtol=1e-10)
+  fixed = hippojax.hoag(*_implicit_args(p), tol=1e-13, maxiter=200,
+                        system="fixed_point")
+  np.testing.assert_allclose(fixed.info.solution,
+                             jnp.linalg.solve(p.lr * h, g_w), rtol=1e-10)
+  hess = hippojax.hoag(*_implicit_args(p), tol=1e-13, maxiter=200)
+  np.testing.assert_allclose(hess.info.solution, jnp.linalg.solve(h, g_w),
+                             rtol=1e-10)
+  np.testing.assert_allclose(hess.grad, fixed.grad, rtol=1e-10)
 
 
 def test_hoag_warm_start_from_exact_solution(ridge, helpers):
@@ -196,9 +205,21 @@ def test_learning_rate_hypergrad_is_zero_at_fixed_point(ridge, helpers,
   scale = float(jnp.linalg.norm(ridge.exact))
   assert abs(float(hg.grad["log_lr"])) <= 1e-10 * scale
   assert helpers.rel_err(hg.grad["log_l2"], ridge.exact) <= 1e-9
-  # Away from the fixed point it is not zero, so the check above can fail.
-  away = IMPLICIT[method](step, _lr_val, hparams, ridge.params + 0.1,
-                          ridge.train, ridge.val)
+  # Away from the fixed point the fixed-point form gives a non-zero entry,
+  # so the check above can fail; the Hessian form (the default of
+  # gradient-step CG) drops the learning rate exactly, and says the weights
+  # are not a fixed point.
+  away_args = (step, _lr_val, hparams, ridge.params + 0.1, ridge.train,
+               ridge.val)
+  if method == "hoag":
+    hess = IMPLICIT[method](*away_args)
+    assert float(hess.grad["log_lr"]) == 0.0
+    assert not bool(hess.info.converged)
+    assert float(hess.info.fixed_point_residual) > 1e-3
+    away = hippojax.hoag(*away_args, tol=1e-12, maxiter=200,
+                         system="fixed_point")
+  else:
+    away = IMPLICIT[method](*away_args)
   assert abs(float(away.grad["log_lr"])) > 1e-4 * scale
 
 
@@ -241,7 +262,7 @@ def test_heavy_ball_implicit_matches_dense_solve(ridge, helpers, solver):
   q = jax.flatten_util.ravel_pytree(hg.info.solution)[0]
   dense_residual = jnp.linalg.norm(system @ q - rhs) / jnp.linalg.norm(rhs)
   np.testing.assert_allclose(hg.info.residual, dense_residual, rtol=1e-3,
-                             atol=1e-16)
+                             atol=1e-14)
   assert bool(hg.info.converged) == bool(dense_residual <= solver.tol)
   assert int(hg.info.num_iters) == -1
   # Equal to the dense solve and to the closed form.

@@ -119,7 +119,7 @@ def test_steps_are_hashable_values(ridge):
     (lambda: hippojax.gradient_step("loss", 0.1), TypeError,
      "loss must be callable"),
     (lambda: hippojax.gradient_step(lambda w, h, b: 0.0, "0.1"), TypeError,
-     "learning_rate must be a number or a callable"),
+     "learning_rate must be a number, a pytree"),
     (lambda: hippojax.heavy_ball_step(lambda w, h, b: 0.0, 0.1, None),
      TypeError, "momentum must be a number or a callable"),
     (lambda: hippojax.heavy_ball_step(None, 0.1, 0.9), TypeError,
@@ -130,10 +130,14 @@ def test_invalid_builder_arguments(build, error, match):
     build()
 
 
-def test_non_scalar_rate_is_refused(ridge):
-  """A per-parameter learning rate needs a custom train_step."""
-  step = hippojax.gradient_step(ridge.train_loss, lambda h, b: jnp.exp(h))
-  with pytest.raises(ValueError, match=r"learning_rate must be a scalar.*6"):
+def test_mis_shaped_rates_are_refused(ridge):
+  """Per-parameter rates must broadcast to the parameters they scale."""
+  step = hippojax.gradient_step(ridge.train_loss, lambda h, b: jnp.exp(h[:3]))
+  with pytest.raises(ValueError, match=r"learning_rate has shape \(3,\).*"
+                     r"\(6,\)"):
+    step(ridge.params, ridge.theta, ridge.train)
+  step = hippojax.gradient_step(ridge.train_loss, {"a": jnp.ones(6)})
+  with pytest.raises(ValueError, match="structure of params"):
     step(ridge.params, ridge.theta, ridge.train)
   hb = hippojax.heavy_ball_step(ridge.train_loss, 0.1, lambda h, b: h)
   with pytest.raises(ValueError, match="momentum must be a scalar"):

@@ -18,8 +18,11 @@ def finite_info(num_iters: int, grad: PyTree, value: jax.Array,
   """Diagnostics for the direct (non-solver) methods: finite or not."""
   finite = jnp.isfinite(value) & jnp.isfinite(optax.tree.norm(grad))
   residual = jnp.where(finite, jnp.zeros((), value.dtype), jnp.nan)
-  return HyperGradInfo(jnp.asarray(num_iters, jnp.int32), residual, finite,
-                       solution)
+  return HyperGradInfo(
+      num_iters=jnp.asarray(num_iters, jnp.int32), residual=residual,
+      converged=finite, solution=solution,
+      fixed_point_residual=jnp.zeros((), value.dtype),
+      curvature=jnp.full((), jnp.nan, value.dtype))
 
 
 @functools.partial(jax.jit, static_argnames=("train_step", "val_loss"))

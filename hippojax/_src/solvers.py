@@ -29,18 +29,41 @@ def _norm(tree: PyTree) -> jax.Array:
   return optax.tree.norm(tree)
 
 
-def _stats(matvec: MatVec, b: PyTree, x: PyTree, tol: float,
-           num_iters) -> SolverStats:
-  """Recomputes the relative residual from ``x`` (one product)."""
-  r = optax.tree.sub(b, matvec(x))
+def default_tol(dtype) -> float:
+  """The default relative tolerance for a system in ``dtype``.
+
+  ``1e-6`` in float64, ``1e-4`` in float32 and ``1e-2`` in 16-bit floats:
+  tolerances each can reach (the residual of a float32 solve stalls a few
+  orders of magnitude above its machine epsilon, 1.2e-7, and CG iterating
+  below that floor loses orthogonality and drifts).
+  """
+  bits = jnp.finfo(dtype).bits
+  return 1e-6 if bits >= 64 else 1e-4 if bits >= 32 else 1e-2
+
+
+def resolve_tol(tol, b: PyTree):
+  """``tol``, or the :func:`default_tol` of ``b``'s widest dtype."""
+  if tol is not None:
+    return tol
+  return default_tol(optax.tree.dtype(b, "highest"))
+
+
+def relative_residual(matvec: MatVec, b: PyTree, x: PyTree) -> jax.Array:
+  """``‖b − A x‖ / ‖b‖`` (``‖b − A x‖`` when ``b = 0``; ``nan`` if ``x`` is
+  not finite), with one product."""
+  r_norm = _norm(optax.tree.sub(b, matvec(x)))
   b_norm = _norm(b)
-  r_norm = _norm(r)
-  # ‖b‖ = 0 has the exact answer x = 0; report r itself rather than 0/0.
   residual = r_norm / jnp.where(b_norm > 0, b_norm, 1.0)
-  x_finite = jnp.isfinite(_norm(x))
-  residual = jnp.where(x_finite, residual, jnp.nan)
+  return jnp.where(jnp.isfinite(_norm(x)), residual, jnp.nan)
+
+
+def _stats(matvec: MatVec, b: PyTree, x: PyTree, tol, num_iters,
+           curvature=jnp.nan) -> SolverStats:
+  """Recomputes the relative residual from ``x`` (one product)."""
+  residual = relative_residual(matvec, b, x)
   converged = jnp.isfinite(residual) & (residual <= tol)
-  return SolverStats(jnp.asarray(num_iters, jnp.int32), residual, converged)
+  return SolverStats(jnp.asarray(num_iters, jnp.int32), residual, converged,
+                     jnp.asarray(curvature, residual.dtype))
 
 
 def _initial(b: PyTree, init: PyTree | None) -> PyTree:
@@ -101,21 +124,32 @@ class CG:
   returns no information at all (nor does JAXopt's ``solve_cg``), and HOAG
   needs the iteration count and residual for its diagnostics and warm starts.
 
+  CG needs ``A`` symmetric positive definite. It checks the second half on
+  the way: each iteration measures the curvature ``pᵀAp`` along its search
+  direction, and if it is not positive (an indefinite Hessian, at a saddle
+  point of a non-convex loss) CG stops at the current iterate, reports the
+  Rayleigh quotient ``pᵀAp / pᵀp`` in ``stats.curvature`` and does not
+  converge. Damping (``A + δI``) restores positive curvature. Symmetry
+  cannot be checked this cheaply; on a non-symmetric ``A`` the honest
+  residual shows the failure.
+
   Attributes:
-    tol: relative tolerance, ``> 0``.
+    tol: relative tolerance, ``> 0``; ``None`` picks :func:`default_tol` of
+      the system's dtype (``1e-6`` in float64, ``1e-4`` in float32).
     maxiter: maximum number of iterations (products), ``>= 1``.
   """
 
-  tol: float = 1e-6
+  tol: float | None = None
   maxiter: int = 100
 
   def __post_init__(self):
-    checks.check_positive("tol", self.tol)
+    if self.tol is not None:
+      checks.check_positive("tol", self.tol)
     checks.check_int("maxiter", self.maxiter, 1)
 
   def __call__(self, matvec: MatVec, b: PyTree,
                init: PyTree | None = None) -> tuple[PyTree, SolverStats]:
-    return conjugate_gradient(matvec, b, init, tol=self.tol,
+    return conjugate_gradient(matvec, b, init, tol=resolve_tol(self.tol, b),
                               maxiter=self.maxiter)
 
 
@@ -131,25 +165,32 @@ def conjugate_gradient(matvec: MatVec, b: PyTree, init: PyTree | None, *,
   r0 = b if init is None else optax.tree.sub(b, matvec(x0))
   gamma0 = optax.tree.vdot(r0, r0)
   threshold = tol**2 * optax.tree.vdot(b, b)
+  inf = jnp.full((), jnp.inf, jnp.real(gamma0).dtype)
 
   def cond(carry):
-    _, _, gamma, _, k = carry
-    return (gamma > threshold) & (k < maxiter)
+    _, _, gamma, _, k, curvature = carry
+    return (gamma > threshold) & (k < maxiter) & (curvature > 0)
 
   def body(carry):
-    x, r, gamma, p, k = carry
+    x, r, gamma, p, k, curvature = carry
     ap = matvec(p)
-    curvature = optax.tree.vdot(p, ap)
-    alpha = gamma / jnp.where(curvature != 0, curvature, 1.0)
+    pap = optax.tree.vdot(p, ap)
+    # pᵀAp <= 0: A is not positive definite along p. Stop without stepping
+    # (the step would go uphill or to infinity) and report it.
+    bad = ~(pap > 0)
+    alpha = jnp.where(bad, 0.0, gamma / jnp.where(bad, 1.0, pap))
+    pp = optax.tree.vdot(p, p)
+    curvature = jnp.minimum(curvature, pap / jnp.where(pp > 0, pp, 1.0))
     x = optax.tree.add_scale(x, alpha, p)
     r = optax.tree.add_scale(r, -alpha, ap)
     gamma_new = optax.tree.vdot(r, r)
     beta = gamma_new / jnp.where(gamma != 0, gamma, 1.0)
     p = optax.tree.add_scale(r, beta, p)
-    return x, r, gamma_new, p, k + 1
+    return x, r, gamma_new, p, k + 1, curvature
 
-  x, *_, k = jax.lax.while_loop(cond, body, (x0, r0, gamma0, r0, 0))
-  return x, _stats(matvec, b, x, tol, k)
+  x, *_, k, curvature = jax.lax.while_loop(
+      cond, body, (x0, r0, gamma0, r0, 0, inf))
+  return x, _stats(matvec, b, x, tol, k, curvature)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,26 +202,29 @@ class GMRES:
   the residual is recomputed honestly.
 
   Attributes:
-    tol: relative tolerance, ``> 0``.
+    tol: relative tolerance, ``> 0``; ``None``: :func:`default_tol` of the
+      system's dtype.
     maxiter: maximum number of restart cycles, ``>= 1``.
     restart: Krylov subspace size per cycle, ``>= 1``.
   """
 
-  tol: float = 1e-6
+  tol: float | None = None
   maxiter: int = 10
   restart: int = 20
 
   def __post_init__(self):
-    checks.check_positive("tol", self.tol)
+    if self.tol is not None:
+      checks.check_positive("tol", self.tol)
     checks.check_int("maxiter", self.maxiter, 1)
     checks.check_int("restart", self.restart, 1)
 
   def __call__(self, matvec: MatVec, b: PyTree,
                init: PyTree | None = None) -> tuple[PyTree, SolverStats]:
-    x, _ = jsp_linalg.gmres(matvec, b, x0=_initial(b, init), tol=self.tol,
+    tol = resolve_tol(self.tol, b)
+    x, _ = jsp_linalg.gmres(matvec, b, x0=_initial(b, init), tol=tol,
                             atol=0.0, restart=self.restart,
                             maxiter=self.maxiter, solve_method="batched")
-    return x, _stats(matvec, b, x, self.tol, -1)
+    return x, _stats(matvec, b, x, tol, -1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,22 +235,25 @@ class BiCGStab:
   ``-1``; the residual is recomputed honestly.
 
   Attributes:
-    tol: relative tolerance, ``> 0``.
+    tol: relative tolerance, ``> 0``; ``None``: :func:`default_tol` of the
+      system's dtype.
     maxiter: maximum number of iterations, ``>= 1``.
   """
 
-  tol: float = 1e-6
+  tol: float | None = None
   maxiter: int = 100
 
   def __post_init__(self):
-    checks.check_positive("tol", self.tol)
+    if self.tol is not None:
+      checks.check_positive("tol", self.tol)
     checks.check_int("maxiter", self.maxiter, 1)
 
   def __call__(self, matvec: MatVec, b: PyTree,
                init: PyTree | None = None) -> tuple[PyTree, SolverStats]:
-    x, _ = jsp_linalg.bicgstab(matvec, b, x0=_initial(b, init), tol=self.tol,
+    tol = resolve_tol(self.tol, b)
+    x, _ = jsp_linalg.bicgstab(matvec, b, x0=_initial(b, init), tol=tol,
                                atol=0.0, maxiter=self.maxiter)
-    return x, _stats(matvec, b, x, self.tol, -1)
+    return x, _stats(matvec, b, x, tol, -1)
 
 
 SOLVERS = {"neumann": Neumann, "cg": CG, "gmres": GMRES, "bicgstab": BiCGStab}

@@ -32,40 +32,109 @@ def _check_rate(name: str, rate: Any) -> None:
                     f"(hparams, batch) -> scalar, got {rate!r}.")
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Constant:
+  """A pytree of per-parameter rates, hashed by identity.
+
+  Steps are static arguments of jitted functions, so they must hash; a
+  pytree of arrays does not, and comparing arrays by value at every call
+  would cost a host sync. Reuse one step object to avoid recompiling.
+  """
+
+  tree: PyTree
+
+  def __call__(self, hparams, batch):
+    del hparams, batch
+    return self.tree
+
+
+def _per_parameter_rates(rates: PyTree, params: PyTree) -> list:
+  """One rate per leaf of ``params``: a scalar is shared by every leaf."""
+  n = len(jax.tree.leaves(params))
+  is_leaf = jax.tree_util.treedef_is_leaf(jax.tree.structure(rates))
+  if is_leaf and jnp.ndim(rates) == 0:
+    return [rates] * n
+  if not is_leaf and jax.tree.structure(rates) != jax.tree.structure(params):
+    raise ValueError(
+        "learning_rate must be a scalar or a pytree with the structure of "
+        f"params; got {jax.tree.structure(rates)} for params of structure "
+        f"{jax.tree.structure(params)}.")
+  if is_leaf and n != 1:
+    raise ValueError(
+        f"learning_rate has shape {tuple(jnp.shape(rates))}, but params has "
+        f"{n} leaves; give a scalar or a pytree shaped like params.")
+  flat = jax.tree_util.tree_flatten_with_path(rates)[0]
+  for (path, r), w in zip(flat, jax.tree.leaves(params)):
+    try:
+      jnp.broadcast_shapes(jnp.shape(r), jnp.shape(w))
+    except ValueError:
+      raise ValueError(
+          f"learning_rate{jax.tree_util.keystr(path)} has shape "
+          f"{tuple(jnp.shape(r))}, which does not broadcast to the "
+          f"parameter's shape {tuple(jnp.shape(w))}.") from None
+  return [r for _, r in flat]
+
+
 @dataclasses.dataclass(frozen=True)
 class GradientStep:
-  r"""One gradient-descent step, ``w ← w − η(λ, batch) ∇_w L(w, λ, batch)``.
+  r"""One (preconditioned) gradient step, ``w ← w − P ∇_w L(w, λ, batch)``.
 
-  Its Jacobian ``I − η ∇²_w L`` is symmetric, which it declares with
-  ``symmetric_jacobian = True`` so that the implicit methods use the cheaper
-  forward-over-reverse products.
+  ``P`` is a positive scalar step size ``η`` or a positive per-parameter
+  (diagonal) one, either of which may depend on ``λ`` and the batch. The
+  step exposes its ``loss``, so the implicit methods can solve the
+  symmetric Hessian form ``H z = ∇_w L_val`` in which ``P`` cancels (see
+  :func:`hippojax.implicit_hypergrad`). With a constant scalar step size the
+  Jacobian ``I − η H`` is symmetric too, which it declares with
+  ``symmetric_jacobian``; with per-parameter or callable rates it makes no
+  such claim (``I − P H`` is not symmetric).
 
   Attributes:
     loss: ``loss(params, hparams, batch) -> scalar``.
-    learning_rate: a number, or ``(hparams, batch) -> scalar``.
+    learning_rate: a number; a pytree of positive per-parameter rates (leaves
+      broadcast to the parameters); or ``(hparams, batch) ->`` either.
   """
 
   loss: Callable
   learning_rate: Rate
-  symmetric_jacobian = True
+
+  @property
+  def symmetric_jacobian(self) -> bool:
+    return isinstance(self.learning_rate, (int, float))
+
+  def apply_gradient(self, params: PyTree, hparams: PyTree, batch: PyTree,
+                     grads: PyTree) -> PyTree:
+    """``w − P g`` for given gradients ``g`` (the step without the loss)."""
+    lr = self.learning_rate
+    lr = lr(hparams, batch) if callable(lr) else lr
+    rates = _per_parameter_rates(lr, params)
+    leaves, treedef = jax.tree.flatten(params)
+    new = [(w - r * g).astype(w.dtype)
+           for w, g, r in zip(leaves, jax.tree.leaves(grads), rates)]
+    return jax.tree.unflatten(treedef, new)
 
   def __call__(self, params: PyTree, hparams: PyTree, batch: PyTree) -> PyTree:
-    lr = _rate("learning_rate", self.learning_rate, hparams, batch)
     grads = jax.grad(self.loss)(params, hparams, batch)
-    return jax.tree.map(lambda w, g: (w - lr * g).astype(w.dtype), params,
-                        grads)
+    return self.apply_gradient(params, hparams, batch, grads)
 
 
-def gradient_step(loss: Callable, learning_rate: Rate) -> GradientStep:
-  """Builds a plain gradient-descent ``train_step`` from a training loss.
+def gradient_step(loss: Callable, learning_rate: Any) -> GradientStep:
+  """Builds a (preconditioned) gradient-descent ``train_step`` from a loss.
 
   Args:
     loss: ``loss(params, hparams, batch) -> scalar``.
-    learning_rate: a number, or ``(hparams, batch) -> scalar`` (e.g.
-      ``lambda h, b: jnp.exp(h["log_lr"])`` to tune it).
+    learning_rate: a positive number; a pytree of positive per-parameter
+      rates shaped like (or broadcasting to) the parameters; or a function
+      ``(hparams, batch) ->`` either (e.g. ``lambda h, b:
+      jnp.exp(h["log_lr"])`` to tune it with the unrolled methods).
 
   Returns:
-    A hashable ``train_step(params, hparams, batch) -> params``.
+    A hashable ``train_step(params, hparams, batch) -> params``. Its fixed
+    points are the stationary points of ``loss`` whatever the rates, and the
+    implicit methods solve with the Hessian of ``loss``, so the hypergradient
+    does not depend on the rates. This also makes it the stationarity
+    condition to use after training with any other optimiser (Adam, momentum):
+    take the implicit hypergradient with ``gradient_step(loss, 1.0)`` at the
+    trained weights.
 
   Examples:
     >>> import jax.numpy as jnp, hippojax
@@ -76,7 +145,20 @@ def gradient_step(loss: Callable, learning_rate: Rate) -> GradientStep:
   """
   if not callable(loss):
     raise TypeError(f"loss must be callable, got {type(loss).__name__}.")
-  _check_rate("learning_rate", learning_rate)
+  if isinstance(learning_rate, bool):
+    raise TypeError(f"learning_rate must be a number, a pytree of arrays or a "
+                    f"callable, got {learning_rate!r}.")
+  if not callable(learning_rate) and not isinstance(learning_rate,
+                                                    (int, float)):
+    leaves = jax.tree.leaves(learning_rate)
+    if not leaves or not all(
+        jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) or
+        isinstance(x, (int, float)) for x in leaves):
+      raise TypeError(
+          "learning_rate must be a number, a pytree of floating-point arrays "
+          "or a callable (hparams, batch) -> rate, got "
+          f"{type(learning_rate).__name__}.")
+    learning_rate = _Constant(learning_rate)
   return GradientStep(loss, learning_rate)
 
 
