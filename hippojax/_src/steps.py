@@ -152,8 +152,9 @@ def gradient_step(loss: Callable, learning_rate: Any) -> GradientStep:
                                                     (int, float)):
     leaves = jax.tree.leaves(learning_rate)
     if not leaves or not all(
-        jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) or
-        isinstance(x, (int, float)) for x in leaves):
+        isinstance(x, (int, float)) or (
+            hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating))
+        for x in leaves):
       raise TypeError(
           "learning_rate must be a number, a pytree of floating-point arrays "
           "or a callable (hparams, batch) -> rate, got "
