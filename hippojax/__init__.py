@@ -26,6 +26,9 @@ from hippojax._src.steps import gradient_step
 from hippojax._src.steps import HeavyBallState
 from hippojax._src.steps import HeavyBallStep
 from hippojax._src.steps import heavy_ball_step
+from hippojax._src.steps import optax_step
+from hippojax._src.steps import OptaxState
+from hippojax._src.steps import OptaxStep
 from hippojax._src.storage import ChainBusyError
 from hippojax._src.storage import StorageError
 from hippojax._src.study import create_study
@@ -54,6 +57,8 @@ __all__ = (
     "HypergradientDescentState",
     "HypergradientState",
     "Neumann",
+    "OptaxState",
+    "OptaxStep",
     "SearchSpace",
     "SolverStats",
     "StorageError",
@@ -69,6 +74,7 @@ __all__ = (
     "ift",
     "implicit_hypergrad",
     "load_study",
+    "optax_step",
     "problems",
     "reverse",
     "suggest_float",
