@@ -228,6 +228,7 @@ def iris():
   return data, init, log_l2
 
 
+@jax.jit
 def _dense_logreg_hypergrad(iris):
   """∇_λ L_val − (∂²_{wλ} L)ᵀ H⁻¹ ∇_w L_val with dense matrices."""
   data, init, log_l2 = iris
@@ -315,7 +316,7 @@ def test_lasso_jacobian_through_the_proximal_fixed_point(lasso):
   X, y = lasso
   lam = 0.1
   solve = hippojax.custom_fixed_point(ista_step, solver=TIGHT_GMRES)(ista)
-  w = solve(jnp.zeros(X.shape[1]), lam, X, y)
+  w = jax.jit(solve)(jnp.zeros(X.shape[1]), lam, X, y)
   support = np.flatnonzero(np.abs(np.asarray(w)) > 1e-12)
   assert 0 < len(support) < X.shape[1]  # a genuinely non-smooth point
   # On the support, (X_SᵀX_S/n) w_S = X_Sᵀy/n − λ sign(w_S); off it w = 0.
@@ -323,12 +324,14 @@ def test_lasso_jacobian_through_the_proximal_fixed_point(lasso):
   exact = np.zeros(X.shape[1])
   exact[support] = -np.linalg.solve(xs.T @ xs / len(y),
                                     np.sign(np.asarray(w)[support]))
-  jac = jax.jacrev(solve, argnums=1)(jnp.zeros(X.shape[1]), lam, X, y)
+  jac = jax.jit(jax.jacrev(solve, argnums=1))(jnp.zeros(X.shape[1]), lam, X,
+                                              y)
   np.testing.assert_allclose(jac, exact, rtol=1e-8, atol=1e-12)
   # Finite differences of the solver itself agree (the support is stable).
   eps = 1e-6
-  fd = (solve(jnp.zeros(10), lam + eps, X, y) -
-        solve(jnp.zeros(10), lam - eps, X, y)) / (2 * eps)
+  fd = jax.jit(lambda lam: (solve(jnp.zeros(10), lam + eps, X, y) -
+                            solve(jnp.zeros(10), lam - eps, X, y)) / (2 * eps))
+  fd = fd(lam)
   np.testing.assert_allclose(jac, fd, rtol=1e-5, atol=1e-8)
 
 
