@@ -124,5 +124,6 @@ def test_site_builds_strict(tmp_path):
     assert (site / page).is_file(), page
   api = (site / "api" / "index.html").read_text()
   for name in ("hippojax.hypergradient", "hippojax.create_study",
-               "hippojax.torch.wrap", "hippojax.problems.get"):
+               "hippojax.torch.wrap", "hippojax.problems.get",
+               "hippojax.custom_root", "hippojax.custom_fixed_point"):
     assert f'id="{name}"' in api, name

@@ -442,7 +442,9 @@ def ift(train_step: Callable, val_loss: Callable, hparams: PyTree,
     num_iters: number of Neumann terms beyond the first, ``>= 0``.
     tol: relative residual under which ``info.converged`` is reported (the
       series is never cut short).
-    symmetric, damping, fixed_point_tol: as in :func:`implicit_hypergrad`.
+    symmetric: as in :func:`implicit_hypergrad`.
+    damping: as in :func:`implicit_hypergrad`.
+    fixed_point_tol: as in :func:`implicit_hypergrad`.
 
   Returns:
     A :class:`HyperGrad`.
@@ -499,8 +501,10 @@ def hoag(train_step: Callable, val_loss: Callable, hparams: PyTree,
       float64, ``1e-4`` in float32.
     maxiter: maximum CG iterations, ``>= 1``.
     init: warm start for the solution.
-    symmetric, system, damping, fixed_point_tol: as in
-      :func:`implicit_hypergrad`.
+    symmetric: as in :func:`implicit_hypergrad`.
+    system: as in :func:`implicit_hypergrad`.
+    damping: as in :func:`implicit_hypergrad`.
+    fixed_point_tol: as in :func:`implicit_hypergrad`.
 
   Returns:
     A :class:`HyperGrad` whose ``info`` has CG's iterations, relative residual,
