@@ -335,6 +335,34 @@ def test_lasso_jacobian_through_the_proximal_fixed_point(lasso):
   np.testing.assert_allclose(jac, fd, rtol=1e-5, atol=1e-8)
 
 
+def box_qp_step(w, c, Q):
+  """Projected gradient on ½wᵀQw − cᵀw over the box [0, 1]ᵈ, step 1/L."""
+  lr = 1.0 / jnp.linalg.eigvalsh(Q)[-1]
+  return jnp.clip(w - lr * (Q @ w - c), 0.0, 1.0)
+
+
+def box_qp(init_params, c, Q):
+  return jax.lax.fori_loop(0, 2000, lambda _, w: box_qp_step(w, c, Q),
+                           init_params)
+
+
+def test_box_constrained_qp_jacobian_through_projected_gradient():
+  rng = np.random.default_rng(3)
+  a = rng.normal(size=(30, 8))
+  Q = jnp.asarray(a.T @ a / 30 + 0.5 * np.eye(8))
+  c = jnp.asarray(rng.normal(size=8))
+  solve = hippojax.custom_fixed_point(box_qp_step, solver=TIGHT_GMRES)(box_qp)
+  w = jax.jit(solve)(jnp.full(8, 0.5), c, Q)
+  free = np.flatnonzero((np.asarray(w) > 1e-9) & (np.asarray(w) < 1 - 1e-9))
+  assert 0 < len(free) < 8  # some bounds are active
+  # On the free set Q_FF w_F = c_F − Q_FA w_A, so dw_F/dc_F = Q_FF⁻¹; the
+  # active coordinates stay on their bounds.
+  exact = np.zeros((8, 8))
+  exact[np.ix_(free, free)] = np.linalg.inv(np.asarray(Q)[np.ix_(free, free)])
+  jac = jax.jit(jax.jacrev(solve, argnums=1))(jnp.full(8, 0.5), c, Q)
+  np.testing.assert_allclose(jac, exact, rtol=1e-8, atol=1e-12)
+
+
 # ----------------------------------------------------------------------------
 # The shared core, closures, diagnostics, damping.
 # ----------------------------------------------------------------------------
