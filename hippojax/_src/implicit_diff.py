@@ -360,8 +360,8 @@ def custom_root(optimality_fun: Callable, *, solver: Any = "gmres",
     ... def ridge(init, lam, x, y):
     ...   return jnp.linalg.solve(x.T @ x + lam * jnp.eye(x.shape[1]), x.T @ y)
     >>> x, y = jnp.eye(3), jnp.ones(3)
-    >>> jax.grad(lambda lam: ridge(None, lam, x, y).sum())(1.0)
-    Array(-0.75, dtype=float32, weak_type=True)
+    >>> float(jax.grad(lambda lam: ridge(None, lam, x, y).sum())(1.0))
+    -0.75
 
   References:
     Blondel et al., "Efficient and Modular Implicit Differentiation",
