@@ -102,6 +102,30 @@ def test_ridge_has_aux(regression):
   np.testing.assert_allclose(sol, ridge_closed_form(None, 5.0, X, y))
 
 
+def test_a_scipy_solver_outside_jax_is_differentiated(regression):
+  """A solver JAX cannot trace (SciPy's L-BFGS-B) runs on concrete values,
+  as with JAXopt's SciPy wrappers; the derivative is still implicit."""
+  scipy_optimize = pytest.importorskip("scipy.optimize")
+  X, y = regression
+
+  def scipy_ridge(init_params, lam, X, y):
+    lam, X, y = float(lam), np.asarray(X), np.asarray(y)
+    f = lambda w: 0.5 * np.mean((X @ w - y)**2) + 0.5 * lam * np.sum(w**2)
+    g = lambda w: X.T @ (X @ w - y) / len(y) + lam * w
+    res = scipy_optimize.minimize(f, np.asarray(init_params), jac=g,
+                                  method="L-BFGS-B",
+                                  options={"gtol": 1e-12, "ftol": 1e-15})
+    return jnp.asarray(res.x)
+
+  solve = hippojax.custom_root(jax.grad(ridge_objective), solver=TIGHT_CG,
+                               symmetric=True)(scipy_ridge)
+  jac = jax.jacrev(solve, argnums=1)(jnp.zeros(3), 5.0, X, y)
+  ref = jax.jacrev(ridge_closed_form, argnums=1)(None, 5.0, X, y)
+  np.testing.assert_allclose(jac, ref, rtol=1e-6)
+  with pytest.raises(TypeError, match="pass init_params shaped like"):
+    jax.jacrev(solve, argnums=1)(None, 5.0, X, y)
+
+
 # ----------------------------------------------------------------------------
 # Kernel ridge: α = (K_γ + λI)⁻¹ y, hyperparameters (log γ, log λ).
 # ----------------------------------------------------------------------------

@@ -226,6 +226,11 @@ def _check_leaves(name: str, arg_name: str, arg: PyTree) -> None:
           "before decorating it.")
 
 
+_NOT_TRACEABLE = (jax.errors.ConcretizationTypeError,
+                  jax.errors.TracerArrayConversionError,
+                  jax.errors.TracerIntegerConversionError)
+
+
 def _convert(fun: Callable, *example):
   """``jax.closure_convert``: closed-over traced values become arguments."""
   return jax.closure_convert(fun, *example)
@@ -255,14 +260,27 @@ def _decorate(options: _Options, fun: Callable, solver: Callable) -> Callable:
     names = _arg_names(signature, len(args))
     for arg_name, arg in zip(names, args):
       _check_leaves(name, arg_name, arg)
-    solver_fn, solver_consts = _convert(solver, init_params, *args)
-    out = jax.eval_shape(solver_fn, init_params, *args, *solver_consts)
+    try:
+      solver_fn, solver_consts = _convert(solver, init_params, *args)
+      out = jax.eval_shape(solver_fn, init_params, *args, *solver_consts)
+    except _NOT_TRACEABLE:
+      # A solver that runs outside JAX (NumPy, SciPy) on concrete values, as
+      # JAXopt's SciPy wrappers did: the custom VJP calls it with concrete
+      # values (outside jit), and its solution is taken to be shaped like
+      # init_params.
+      if not jax.tree.leaves(init_params):
+        raise TypeError(
+            f"{name}: the solver cannot be traced by JAX, so its output shape "
+            "is unknown; pass init_params shaped like the solution.") from None
+      solver_fn, solver_consts = solver, []
+      out = (init_params, None) if options.has_aux else init_params
     if options.has_aux and not (isinstance(out, (tuple, list)) and
                                 len(out) == 2):
       raise TypeError(f"{name}(has_aux=True): the solver must return a pair "
                       f"(params, aux), got {jax.tree.structure(out)}.")
     sol = out[0] if options.has_aux else out
-    example = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sol)
+    example = jax.tree.map(
+        lambda s: jnp.zeros(jnp.shape(s), jnp.result_type(s)), sol)
     target = fun.loss if options.system == "hessian" else fun
     call = f"{fun_name}(params, {', '.join(names)})"
     try:
@@ -319,6 +337,9 @@ def custom_root(optimality_fun: Callable, *, solver: Any = "gmres",
   differentiated. Values that ``optimality_fun`` reads from its closure are
   differentiated too (they are converted to arguments with
   :func:`jax.closure_convert`); values that only the solver reads are not.
+  A solver that JAX cannot trace (NumPy or SciPy code) is called on concrete
+  values, outside ``jit``, and its solution must be shaped like
+  ``init_params``.
 
   Args:
     optimality_fun: ``F(params, *args) -> pytree shaped like params``, called
