@@ -11,6 +11,8 @@ from hippojax._src.base import SolverStats
 from hippojax._src.implicit import hoag
 from hippojax._src.implicit import ift
 from hippojax._src.implicit import implicit_hypergrad
+from hippojax._src.implicit_diff import custom_fixed_point
+from hippojax._src.implicit_diff import custom_root
 from hippojax._src.one_step import t1t2
 from hippojax._src.online_lr import hypergradient_descent
 from hippojax._src.online_lr import HypergradientDescentState
@@ -64,6 +66,8 @@ __all__ = (
     "StorageError",
     "Study",
     "create_study",
+    "custom_fixed_point",
+    "custom_root",
     "drmad",
     "forward",
     "gradient_step",

@@ -28,6 +28,7 @@ RUNNABLE = {
     "docs/multi_device.md": None,
     "docs/pytorch.md": None,
     "docs/studies.md": None,
+    "docs/jaxopt.md": None,
 }
 
 _FENCE = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
@@ -131,5 +132,6 @@ def test_site_builds_strict(tmp_path):
     assert (site / page).is_file(), page
   api = (site / "api" / "index.html").read_text()
   for name in ("hippojax.hypergradient", "hippojax.create_study",
-               "hippojax.torch.wrap", "hippojax.problems.get"):
+               "hippojax.torch.wrap", "hippojax.problems.get",
+               "hippojax.custom_root", "hippojax.custom_fixed_point"):
     assert f'id="{name}"' in api, name
