@@ -124,6 +124,10 @@ class _GradientStepOnU:
   def symmetric_jacobian(self) -> bool:
     return bool(getattr(self.step, "symmetric_jacobian", False))
 
+  @property
+  def symmetric_by_construction(self) -> bool:
+    return bool(getattr(self.step, "symmetric_by_construction", False))
+
   def loss(self, params, u, batch):
     return self.step.loss(params, self.space.constrain(u), batch)
 

@@ -102,6 +102,12 @@ class GradientStep:
   def symmetric_jacobian(self) -> bool:
     return isinstance(self.learning_rate, (int, float))
 
+  @property
+  def symmetric_by_construction(self) -> bool:
+    """``I − ηH`` is symmetric as a matter of fact, not of declaration, so
+    the implicit methods need not certify their residual against ``Jᵀ``."""
+    return self.symmetric_jacobian
+
   def apply_gradient(self, params: PyTree, hparams: PyTree, batch: PyTree,
                      grads: PyTree) -> PyTree:
     """``w − P g`` for given gradients ``g`` (the step without the loss)."""
