@@ -29,7 +29,9 @@ import numpy as np
 from hippojax._src import chain as chain_lib
 from hippojax._src import outer
 from hippojax._src import problems as problems_lib
+from hippojax._src import pruning
 from hippojax._src import storage as storage_lib
+from hippojax._src.trials import trial_hparams
 
 GRADIENT_METHODS = outer.GRADIENT_METHODS
 BLACKBOX_METHODS = ("random", "tpe")
@@ -44,8 +46,9 @@ METHOD_OPTIONS = {
     "hoag": {**_GRADIENT, "tol": 1e-4, "maxiter": 100},
     "drmad": {**_GRADIENT, "unroll_steps": 100},
     "reverse": {**_GRADIENT, "unroll_steps": 100, "remat": False},
-    "random": dict(_COMMON),
-    "tpe": {**_COMMON, "n_startup_trials": 10, "multivariate": False},
+    "random": {**_COMMON, "pruner": "none"},
+    "tpe": {**_COMMON, "n_startup_trials": 10, "multivariate": False,
+            "pruner": "none"},
 }
 
 _ATTR = "hippojax."  # prefix of the study's user attributes
@@ -69,6 +72,11 @@ def _check_option(method: str, name: str, value: Any) -> Any:
     if not value > 0 or not math.isfinite(value):
       raise ValueError(f"{method} option {name} must be > 0, got {value!r}.")
     return float(value)
+  if name == "pruner":
+    if value not in pruning.PRUNERS:
+      raise ValueError(f"{method} option pruner must be one of "
+                       f"{', '.join(pruning.PRUNERS)}, got {value!r}.")
+    return value
   if name in ("remat", "multivariate"):
     if isinstance(value, bool):
       return value
@@ -147,7 +155,11 @@ def create_study(method: str = "hoag", *, storage: Any = None,
       ``ift``: ``num_iters`` (10); ``hoag``: ``tol`` (1e-4), ``maxiter``
       (100); ``drmad``/``reverse``: ``unroll_steps`` (100, the differentiated
       tail of the inner budget); ``reverse``: ``remat`` (False); ``tpe``:
-      ``n_startup_trials`` (10), ``multivariate`` (False).
+      ``n_startup_trials`` (10), ``multivariate`` (False); ``random`` and
+      ``tpe``: ``pruner`` (``"none"``, ``"median"``,
+      ``"successive-halving"``, ``"hyperband"``): the Optuna pruner that
+      stops a trial whose intermediate validation losses are poor (see
+      :mod:`hippojax._src.pruning`).
 
   Returns:
     A :class:`Study`.
@@ -396,65 +408,6 @@ def _canonical(value) -> str:
 def _short(value) -> str:
   text = json.dumps(value, sort_keys=True)
   return text if len(text) < 200 else text[:197] + "..."
-
-
-def trial_hparams(space, trial, *, scalars: bool = False) -> dict:
-  """The hyperparameters of a recorded trial ``{name: float64 array}``.
-
-  Black-box trials store every element as an Optuna param (``name[i]``);
-  gradient trials store scalars as params and arrays in the user attribute
-  ``hparams``.
-  """
-  arrays = trial.user_attrs.get("hparams", {})
-  out = {}
-  for p in space:
-    if p.name in arrays:
-      v = np.asarray(arrays[p.name], np.float64).reshape(p.shape)
-    else:
-      v = np.asarray([trial.params[n] for n in p.element_names],
-                     np.float64).reshape(p.shape)
-    out[p.name] = float(v) if (scalars and not p.shape) else v
-  return out
-
-
-# ---------------------------------------------------------------------------
-# Trial records of gradient chains (the chains themselves run in chain.py).
-
-
-def _record_gradient_trial(study, problem, step, rec, wall, inner):
-  optuna = _optuna()
-  space = problem.space
-  hparams = {k: np.asarray(v, np.float64) for k, v in rec["hparams"].items()}
-  flat = space.flatten(hparams)
-  scalar_names = [p.name for p in space if not p.shape]
-  dists = space.distributions()
-  value = rec["val_loss"]
-  finite = math.isfinite(value)
-  attrs = {
-      "chain": study.seed, "step": step, "method": study.method,
-      "wall_seconds": wall, "inner_steps": inner,
-      "hypergrad_norm": rec["grad_norm"], "solver_iters": rec["num_iters"],
-      "solver_residual": rec["residual"],
-      "solver_converged": rec["converged"],
-      "hypergrad_finite": rec["finite"],
-      "hparams": {p.name: np.clip(hparams[p.name], p.low, p.high)
-                  .reshape(-1).tolist() for p in space if p.shape},
-  }
-  attrs = {k: _json_float(v) for k, v in attrs.items()}
-  trial = optuna.trial.create_trial(
-      state=(optuna.trial.TrialState.COMPLETE if finite else
-             optuna.trial.TrialState.FAIL),
-      value=value if finite else None,
-      params={n: flat[n] for n in scalar_names},
-      distributions={n: dists[n] for n in scalar_names},
-      user_attrs=attrs)
-  study.optuna_study.add_trial(trial)
-
-
-def _json_float(v):
-  if isinstance(v, float) and not math.isfinite(v):
-    return None
-  return v
 
 
 
