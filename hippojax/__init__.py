@@ -26,6 +26,7 @@ from hippojax._src.steps import gradient_step
 from hippojax._src.steps import HeavyBallState
 from hippojax._src.steps import HeavyBallStep
 from hippojax._src.steps import heavy_ball_step
+from hippojax._src.chain import ChainFailedError
 from hippojax._src.storage import ChainBusyError
 from hippojax._src.storage import StorageError
 from hippojax._src.study import create_study
@@ -44,6 +45,7 @@ __all__ = (
     "BiCGStab",
     "CG",
     "ChainBusyError",
+    "ChainFailedError",
     "FloatParam",
     "GMRES",
     "GradientStep",

@@ -133,19 +133,26 @@ def test_unreachable_storage_is_a_clear_error_and_writes_nothing(tmp_path):
   assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+@pytest.mark.parametrize("kind", ["sqlite", "journal", "directory"])
 def test_a_new_process_view_resumes_from_the_checkpoint(tmp_path, kind):
-  storage = (f"sqlite:///{tmp_path}/s.db" if kind == "sqlite" else
-             str(tmp_path / "s.log"))
+  storage = (str(tmp_path / "s.log") if kind == "journal" else
+             f"sqlite:///{tmp_path}/s.db")
+  where = {"checkpoint_dir": str(tmp_path / "ckpt")} if kind == "directory" \
+      else {}
   first = hippojax.create_study("hoag", storage=storage, study_name="s",
-                                checkpoint_every=2, **FAST)
+                                checkpoint_every=2, **where, **FAST)
   first.optimize("ridge-diabetes", n_steps=4)
-  ckpt = tmp_path / ("s.db.checkpoints" if kind == "sqlite" else
-                     "s.log.checkpoints") / "s" / "chain-0"
-  assert sorted(os.listdir(ckpt)) == ["2", "4"]
+  if kind == "directory":
+    assert sorted(os.listdir(tmp_path / "ckpt" / "s" / "chain-0")) == [
+        "2", "4"]
+  else:  # in the storage itself, nothing beside it
+    attrs = first.storage.get_study_system_attrs(
+        first.optuna_study._study_id)
+    assert [e["step"] for e in attrs["hippojax.checkpoint.0"]] == [4, 2]
+    assert not [f for f in os.listdir(tmp_path) if "checkpoint" in f]
   # A fresh Study object has no in-memory state: it restores step 4.
   second = hippojax.create_study("hoag", storage=storage, study_name="s",
-                                 checkpoint_every=2, **FAST)
+                                 checkpoint_every=2, **where, **FAST)
   second.optimize("ridge-diabetes", n_steps=7)
   once = hippojax.create_study("hoag", storage=":memory:", **FAST)
   once.optimize("ridge-diabetes", n_steps=7)
@@ -205,17 +212,25 @@ def test_checkpoint_written_with_other_options_is_refused(tmp_path):
     other.optimize("ridge-diabetes", n_steps=4)
 
 
-def test_a_chain_run_by_another_process_is_refused(tmp_path):
-  storage = f"sqlite:///{tmp_path}/s.db"
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_a_chain_run_by_another_process_is_refused(tmp_path, kind):
+  from hippojax._src.lease import ChainLease
+  storage = (str(tmp_path / "s.log") if kind == "journal" else
+             f"sqlite:///{tmp_path}/s.db")
   study = hippojax.create_study("hoag", storage=storage, study_name="s",
                                 **FAST)
-  lock_dir = tmp_path / "s.db.checkpoints" / "s"
-  with storage_lib.chain_lock(str(lock_dir), "s", 0):
+  other = hippojax.create_study("hoag", storage=storage, study_name="s",
+                                **FAST)
+  held = ChainLease(other.storage, other.optuna_study._study_id, "s", 0)
+  with held:
     with pytest.raises(hippojax.ChainBusyError, match="seed 0 of study 's' "
                        "is being run by"):
       study.optimize("ridge-diabetes", n_steps=2)
+    study.seed = 1  # another seed is free
+    study.optimize("ridge-diabetes", n_steps=1)
+  study.seed = 0
   study.optimize("ridge-diabetes", n_steps=2)  # free again
-  assert len(study.trials) == 2
+  assert len(study.trials) == 3
 
 
 def test_dead_workers_running_trials_are_marked_failed(tmp_path):

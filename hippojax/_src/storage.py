@@ -13,9 +13,13 @@ A storage is given as
   be resumed);
 * an ``optuna.storages.BaseStorage`` instance.
 
-Gradient studies are also checkpointed to a directory: by default
-``<file>.checkpoints`` next to a SQLite or journal file, and
-``./hippojax-checkpoints`` for other URLs.
+Which process runs which chain, and the gradient chains' checkpoints, are
+kept in the storage too (see :mod:`hippojax._src.lease` and
+:mod:`hippojax._src.checkpoint`), so workers coordinate through it alone.
+
+``postgresql://`` URLs need a driver: ``pip install "hippojax[postgres]"``
+installs psycopg 3, which SQLAlchemy 2.1 uses for the plain scheme; with
+only psycopg2 installed the URL is opened with it.
 """
 
 import contextlib
@@ -24,6 +28,7 @@ import errno
 import os
 import re
 import socket
+import tempfile
 import time
 from typing import Any
 
@@ -32,7 +37,75 @@ MEMORY = ":memory:"
 
 
 class StorageError(RuntimeError):
-  """A storage URL that cannot be opened (nothing was written)."""
+  """A storage that cannot be opened or written; the message is one line."""
+
+
+def first_line(e: BaseException) -> str:
+  """The first line of an exception's message (its type if it has none)."""
+  text = str(e).strip()
+  return text.splitlines()[0] if text else type(e).__name__
+
+
+def _root_cause(e: BaseException) -> BaseException:
+  seen = set()
+  while id(e) not in seen:
+    seen.add(id(e))
+    nxt = getattr(e, "orig", None) or e.__cause__ or e.__context__
+    if nxt is None:
+      break
+    e = nxt
+  return e
+
+
+_FULL = (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC))
+_HINTS = (
+    (("disk is full", "File too large", "No space left", "Disk quota"),
+     "the disk is full or a file-size limit was reached; free space (or "
+     "raise the limit) and run the same command again to resume"),
+    (("readonly database", "Read-only file system", "Permission denied",
+      "read-only"),
+     "it is read-only; make it writable or choose another storage"),
+)
+
+
+def _is_storage_failure(e: BaseException) -> bool:
+  try:
+    import optuna
+    import sqlalchemy
+  except ImportError:  # pragma: no cover
+    return isinstance(e, OSError)
+  if isinstance(e, (optuna.exceptions.StorageInternalError,
+                    sqlalchemy.exc.SQLAlchemyError, OSError)):
+    return True
+  root = _root_cause(e)
+  return isinstance(root, (OSError, sqlalchemy.exc.SQLAlchemyError)) or (
+      type(root).__module__.startswith(("sqlite3", "psycopg", "pymysql",
+                                        "MySQLdb")))
+
+
+@contextlib.contextmanager
+def writing(where: str, doing: str):
+  """Turns a storage or file-system failure inside into a one-line error.
+
+  Raises:
+    StorageError: ``cannot write to <where> while <doing>: <reason>; <hint>``.
+  """
+  try:
+    yield
+  except StorageError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    if not _is_storage_failure(e):
+      raise
+    root = _root_cause(e)
+    reason = first_line(root)
+    if isinstance(root, OSError) and root.errno in _FULL:
+      reason = f"{os.strerror(root.errno)}"
+    hint = next((h for keys, h in _HINTS if any(k in reason for k in keys)),
+                None)
+    raise StorageError(
+        f"cannot write to {where} while {doing}: {reason}"
+        + (f"; {hint}." if hint else ".")) from None
 
 
 @dataclasses.dataclass
@@ -103,7 +176,7 @@ def open_storage(storage: Any) -> ResolvedStorage:
       path = path[2:]
     _check_parent(url, path)
     try:
-      backend = journal.JournalFileBackend(path)
+      backend = journal.JournalFileBackend(path, lock_obj=JournalLock(path))
       return ResolvedStorage(journal.JournalStorage(backend), url,
                              path + ".checkpoints")
     except Exception as e:  # pylint: disable=broad-except
@@ -111,6 +184,11 @@ def open_storage(storage: Any) -> ResolvedStorage:
   path = _sqlite_path(url)
   if path is not None:
     _check_parent(url, path)
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+      raise StorageError(f"cannot open storage {url!r}: the file {path!r} "
+                         "is read-only; make it writable or choose another "
+                         "storage.")
+  url = _with_driver(url)
   # Workers started together on a new SQLite file would race to create its
   # tables and stamp its schema version; a lock file beside the database
   # serialises that (and only that) across processes on this machine.
@@ -121,6 +199,40 @@ def open_storage(storage: Any) -> ResolvedStorage:
     _fast_sqlite(rdb)
   root = path + ".checkpoints" if path else "hippojax-checkpoints"
   return ResolvedStorage(rdb, url, root)
+
+
+_DRIVERS = {
+    # scheme -> (module SQLAlchemy imports, what to install)
+    "postgresql": ("psycopg", "'hippojax[postgres]' (psycopg 3)"),
+    "postgresql+psycopg": ("psycopg", "'hippojax[postgres]' (psycopg 3)"),
+    "postgresql+psycopg2": ("psycopg2", "psycopg2-binary"),
+    "mysql": ("MySQLdb", "mysqlclient (or use mysql+pymysql:// with PyMySQL)"),
+    "mysql+pymysql": ("pymysql", "PyMySQL"),
+}
+
+
+def _importable(module: str) -> bool:
+  import importlib.util
+  return importlib.util.find_spec(module) is not None
+
+
+def _with_driver(url: str) -> str:
+  """``url`` with a driver that is installed, or a StorageError naming one.
+
+  SQLAlchemy 2.1 opens ``postgresql://`` with psycopg 3; with only psycopg2
+  installed, the URL is opened as ``postgresql+psycopg2://``.
+  """
+  scheme = url.split("://", 1)[0].lower()
+  if scheme not in _DRIVERS:
+    return url
+  module, package = _DRIVERS[scheme]
+  if _importable(module):
+    return url
+  if scheme == "postgresql" and _importable("psycopg2"):
+    return "postgresql+psycopg2://" + url.split("://", 1)[1]
+  raise StorageError(
+      f"cannot open storage {url!r}: its driver, the Python module "
+      f"{module!r}, is not installed; pip install {package}.")
 
 
 def _open_rdb(url: str):
@@ -137,8 +249,12 @@ def _open_rdb(url: str):
       if attempt < 4 and any(t in str(e) for t in transient):
         time.sleep(0.05 * (attempt + 1))
         continue
+      if isinstance(e, ModuleNotFoundError):
+        raise StorageError(f"cannot open storage {url!r}: its driver, the "
+                           f"Python module {e.name!r}, is not installed.") from None
+      root = _root_cause(e)
       raise StorageError(f"cannot open storage {url!r}: "
-                         f"{type(e).__name__}: {_first_line(e)}") from e
+                         f"{type(root).__name__}: {first_line(root)}") from None
 
 
 def _file_lock(path: str, timeout: float):
@@ -171,18 +287,18 @@ def _fast_sqlite(rdb) -> None:
   rdb.engine.dispose()  # reconnect with the pragmas
 
 
-def _first_line(e: Exception) -> str:
-  return str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
-
-
 def _check_parent(url: str, path: str) -> None:
   parent = os.path.dirname(os.path.abspath(path))
   if not os.path.isdir(parent):
     raise StorageError(f"cannot open storage {url!r}: directory {parent!r} "
                        "does not exist.")
-  if not os.access(parent, os.W_OK):
+  try:  # access() says yes to root, even on read-only or virtual file systems
+    fd, probe = tempfile.mkstemp(prefix=".hippojax-probe-", dir=parent)
+    os.close(fd)
+    os.remove(probe)
+  except OSError as e:
     raise StorageError(f"cannot open storage {url!r}: directory {parent!r} "
-                       "is not writable.")
+                       f"is not writable ({first_line(e)}).") from None
 
 
 def safe_name(name: str) -> str:
@@ -213,36 +329,59 @@ class ChainBusyError(RuntimeError):
   """Another process is running the same chain of the same study."""
 
 
-@contextlib.contextmanager
-def chain_lock(directory: str | None, study_name: str, chain: int):
-  """Holds an exclusive lock on one chain (seed) of a study, if on disk.
+def _journal_lock_base():
+  from optuna.storages import journal
+  return journal.JournalFileSymlinkLock
 
-  Raises:
-    ChainBusyError: if another process holds it.
+
+class JournalLock:
+  """Optuna's symlink lock on a journal file, which notices stale locks.
+
+  A process killed while it appends to the journal leaves ``<file>.lock``
+  behind; Optuna's lock then makes every later writer wait its 30 s grace
+  period. Appends hold the lock for milliseconds, so a lock file older than
+  ``stale_after`` seconds belongs to a dead writer: it is removed, with a
+  warning that says so. The lock file is Optuna's own, so processes that
+  use plain Optuna on the same journal still exclude each other.
+
+  Args:
+    path: the journal file.
+    stale_after: seconds after which an existing lock file is stale.
   """
-  if directory is None:
-    yield
-    return
-  import filelock
-  os.makedirs(directory, exist_ok=True)
-  lock = _file_lock(os.path.join(directory, f"chain-{chain}.lock"), timeout=0)
-  owner = os.path.join(directory, f"chain-{chain}.owner")
-  try:
-    lock.acquire()
-  except filelock.Timeout:
+
+  def __init__(self, path: str, stale_after: float = 5.0):
+    self._inner = _journal_lock_base()(path, grace_period=None)
+    self.lock_file = path + ".lock"
+    self.stale_after = stale_after
+    self._remove_if_stale()
+
+  def _remove_if_stale(self) -> bool:
     try:
-      with open(owner) as f:
-        holder = f.read().strip()
+      age = time.time() - os.lstat(self.lock_file).st_mtime
     except OSError:
-      holder = ""
-    raise ChainBusyError(
-        f"seed {chain} of study {study_name!r} is being run by "
-        f"{holder or 'another process'}. Each process runs one seed (one "
-        "chain of trials); start other workers with other --seed "
-        "values.") from None
-  try:
-    with open(owner, "w") as f:
-      f.write(worker_id())
-    yield
-  finally:
-    lock.release()
+      return False
+    if age <= self.stale_after:
+      return False
+    try:
+      os.unlink(self.lock_file)
+    except OSError:
+      return False
+    import logging
+    logging.getLogger("hippojax").warning(
+        "hippojax: removed the stale journal lock %s (%.0f s old), left by a "
+        "writer that was killed while appending.", self.lock_file, age)
+    return True
+
+  def acquire(self) -> bool:
+    delay = 0.001
+    while True:
+      try:
+        os.symlink(self._inner._lock_target_file, self.lock_file)  # pylint: disable=protected-access
+        return True
+      except FileExistsError:
+        if not self._remove_if_stale():
+          time.sleep(delay)
+          delay = min(2 * delay, 0.1)
+
+  def release(self) -> None:
+    self._inner.release()

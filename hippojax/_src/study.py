@@ -18,7 +18,6 @@ Optuna itself is imported only when a study is created.
 
 import json
 import math
-import os
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -126,7 +125,8 @@ def _optuna():
 def create_study(method: str = "hoag", *, storage: Any = None,
                  study_name: str | None = None, load_if_exists: bool = True,
                  seed: int = 0, checkpoint_dir: str | None = None,
-                 checkpoint_every: int = 10, **method_options) -> "Study":
+                 checkpoint_every: int = 10, max_failed_steps: int = 10,
+                 **method_options) -> "Study":
   """Creates (or loads) a hippojax study.
 
   Args:
@@ -143,12 +143,15 @@ def create_study(method: str = "hoag", *, storage: Any = None,
       another method, problem, search space or options).
     seed: the chain this process runs: it seeds the inner initialisation and
       the sampler. Several processes may share a study with different seeds.
-    checkpoint_dir: where gradient chains are checkpointed; ``None`` for
-      ``<file>.checkpoints`` next to a SQLite or journal file,
-      ``./hippojax-checkpoints`` for other URLs, and no checkpoints for
-      ``":memory:"``.
+    checkpoint_dir: ``None`` (default) checkpoints gradient chains in the
+      storage itself (nothing for ``":memory:"``), so any worker that reaches
+      the storage resumes them; a directory (or a URL orbax can write)
+      keeps them there instead, for states too large for the database.
     checkpoint_every: checkpoint a gradient chain every this many outer steps
       (and when ``optimize`` returns).
+    max_failed_steps: a gradient chain stops with
+      :class:`hippojax.ChainFailedError` after this many consecutive outer
+      steps with a non-finite validation loss or hypergradient.
     **method_options: ``inner_steps`` (training steps per trial or outer step;
       default the problem's), and for gradient methods ``outer_lr`` (Adam step
       on the unconstrained hyperparameters; default the problem's);
@@ -184,13 +187,18 @@ def create_study(method: str = "hoag", *, storage: Any = None,
       checkpoint_every, (int, np.integer)) or checkpoint_every < 1:
     raise ValueError(f"checkpoint_every must be an int >= 1, got "
                      f"{checkpoint_every!r}.")
+  if isinstance(max_failed_steps, bool) or not isinstance(
+      max_failed_steps, (int, np.integer)) or max_failed_steps < 1:
+    raise ValueError(f"max_failed_steps must be an int >= 1, got "
+                     f"{max_failed_steps!r}.")
   if study_name is not None and (not isinstance(study_name, str) or
                                  not study_name):
     raise ValueError(f"study_name must be a non-empty string or None, got "
                      f"{study_name!r}.")
   resolved = storage_lib.open_storage(storage)
   return Study(method, options, resolved, study_name, bool(load_if_exists),
-               int(seed), checkpoint_dir, int(checkpoint_every))
+               int(seed), checkpoint_dir, int(checkpoint_every),
+               max_failed_steps=int(max_failed_steps))
 
 
 class Study:
@@ -202,11 +210,12 @@ class Study:
   """
 
   def __init__(self, method, options, resolved, study_name, load_if_exists,
-               seed, checkpoint_dir, checkpoint_every):
+               seed, checkpoint_dir, checkpoint_every, max_failed_steps=10):
     self.method = method
     self.options = options
     self.seed = seed
     self.checkpoint_every = checkpoint_every
+    self.max_failed_steps = max_failed_steps
     self._resolved = resolved
     self._name = study_name
     self._load_if_exists = load_if_exists
@@ -361,6 +370,10 @@ class Study:
       ValueError: if both ``n_steps`` and ``timeout`` are ``None``, or the
         study was run with another method, problem, space or options.
       hippojax.ChainBusyError: another process is running this seed.
+      hippojax.ChainFailedError: ``max_failed_steps`` outer steps in a row
+        failed (gradient methods).
+      hippojax.StorageError: the storage or checkpoint directory cannot be
+        written (a full disk, a read-only file), in one line.
     """
     problem = problems_lib.get(problem)
     if n_steps is None and timeout is None:
@@ -374,13 +387,16 @@ class Study:
       self._open(f"{problem.name}-{self.method}")
     options = self._options(problem)
     self._bind_problem(problem, options)
-    ckpt_dir = self._chain_dir()
+    chain_lib.check_bounds(problem.space, options["dtype"])
     self._stop = False
-    with storage_lib.chain_lock(ckpt_dir, self._name, self.seed):
-      runner = (chain_lib.run_gradient if self.method in GRADIENT_METHODS
-                else chain_lib.run_blackbox)
-      runner(self, problem, options, n_steps, timeout, ckpt_dir,
-             show_progress_bar, list(callbacks))
+    with chain_lib.lease(self) as lease:
+      if self.method in GRADIENT_METHODS:
+        chain_lib.run_gradient(self, problem, options, n_steps, timeout,
+                               chain_lib.checkpointer(self), lease,
+                               show_progress_bar, list(callbacks))
+      else:
+        chain_lib.run_blackbox(self, problem, options, n_steps, timeout,
+                               lease, show_progress_bar, list(callbacks))
     return self
 
   def stop(self) -> None:
@@ -388,16 +404,16 @@ class Study:
     (call it from a callback), as ``optuna.Study.stop`` does."""
     self._stop = True
 
-  def _chain_dir(self) -> str | None:
-    root = self._checkpoint_dir or self._resolved.checkpoint_root
-    if root is None:
-      return None
-    return os.path.join(root, storage_lib.safe_name(self._name))
+  @property
+  def storage_url(self) -> str:
+    """The storage as given (for messages)."""
+    return self._resolved.url
 
   def chain_trials(self, chain: int | None = None) -> list:
     """This (or the given) chain's trials, in step order."""
     chain = self.seed if chain is None else chain
-    out = [t for t in self.trials if t.user_attrs.get("chain") == chain]
+    out = [t for t in self.trials if t.user_attrs.get("chain") == chain
+           and not t.user_attrs.get("orphaned")]
     return sorted(out, key=lambda t: t.user_attrs.get("step", t.number))
 
 
