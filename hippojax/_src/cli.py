@@ -74,22 +74,28 @@ def _positive_float(text: str) -> float:
 
 
 def _check_dir(path: str, flag: str) -> None:
-  """``path`` is, or can be created as, a writable directory."""
+  """``path`` is, or can be created as, a writable directory.
+
+  A probe file is created and removed at once in ``path`` or its nearest
+  existing ancestor: ``os.access`` says yes to root even on read-only or
+  virtual file systems such as ``/proc``.
+  """
+  import tempfile
   path = os.path.abspath(path)
-  if os.path.exists(path):
-    if not os.path.isdir(path):
-      raise _CliError(f"{flag} {path!r} is a file, not a directory.")
-    if not os.access(path, os.W_OK | os.X_OK):
-      raise _CliError(f"{flag} {path!r} is not writable.")
-    return
-  parent = os.path.dirname(path)
-  while not os.path.exists(parent):
-    parent = os.path.dirname(parent)
-  if not os.path.isdir(parent):
-    raise _CliError(f"cannot create {flag} {path!r}: {parent!r} is a file.")
-  if not os.access(parent, os.W_OK | os.X_OK):
-    raise _CliError(f"cannot create {flag} {path!r}: directory {parent!r} "
-                    "is not writable.")
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise _CliError(f"{flag} {path!r} is a file, not a directory.")
+  where = path
+  while not os.path.exists(where):
+    where = os.path.dirname(where)
+  if not os.path.isdir(where):
+    raise _CliError(f"cannot create {flag} {path!r}: {where!r} is a file.")
+  try:
+    with tempfile.TemporaryFile(prefix=".hippojax-probe-", dir=where):
+      pass
+  except OSError as e:
+    what = "is" if where == path else f"cannot be created: {where!r} is"
+    raise _CliError(f"{flag} {path!r} {what} not writable "
+                    f"({e.strerror or e}).") from None
 
 
 def _storage_file(url) -> str | None:

@@ -53,14 +53,15 @@ def summary_names(p) -> list[str]:
 
 
 def as_params(space, hparams: Mapping[str, Any], *,
-              max_elements: int = MAX_ELEMENT_PARAMS
+              max_elements: int | None = None
               ) -> tuple[dict, dict, list[str]]:
   """``{name: array}`` as Optuna params.
 
   Args:
     space: the :class:`~hippojax.SearchSpace`.
     hparams: constrained values ``{name: array}`` (clipped into bounds).
-    max_elements: arrays larger than this are summarised (see module doc).
+    max_elements: arrays larger than this are summarised (see module doc);
+      ``None`` for :data:`MAX_ELEMENT_PARAMS`.
 
   Returns:
     ``(params, distributions, summarised)``: params and their
@@ -68,6 +69,8 @@ def as_params(space, hparams: Mapping[str, Any], *,
     hyperparameters recorded as a summary.
   """
   from optuna.distributions import FloatDistribution
+  if max_elements is None:
+    max_elements = MAX_ELEMENT_PARAMS
   params, dists, summarised = {}, {}, []
   for p in space:
     v = np.clip(np.asarray(hparams[p.name], np.float64).reshape(-1), p.low,
