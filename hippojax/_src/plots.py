@@ -86,6 +86,7 @@ def hparams(problem: str, group: dict, path: str) -> None:
   ten elements as their median and 10–90% band.
   """
   plt = _plt()
+  from matplotlib.ticker import MaxNLocator
   shown = [(k, group["methods"][k]) for k in group["ranking"]
            if group["methods"][k]["n_trials"]]
   names = []
@@ -130,6 +131,7 @@ def hparams(problem: str, group: dict, path: str) -> None:
       ax.set_ylabel(name + (" (log scale)" if h["log"] else ""), fontsize=8)
       ax.set_xlabel("outer step" if not blackbox else "trial", fontsize=8)
       ax.tick_params(labelsize=7)
+      ax.xaxis.set_major_locator(MaxNLocator(integer=True))
       ax.grid(alpha=0.3)
   if not shown:
     axes[0][0].text(0.5, 0.5, "no complete trials", ha="center",
