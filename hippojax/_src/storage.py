@@ -68,6 +68,22 @@ _HINTS = (
 )
 
 
+def _io_hint() -> str:
+  """What may lie behind SQLite's bare "disk I/O error"."""
+  try:
+    import resource
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+  except (ImportError, OSError, ValueError):  # pragma: no cover
+    soft = -1
+  if soft not in (-1, getattr(resource, "RLIM_INFINITY", -1)):
+    return (f"a file-size limit of {soft // 1024} KB is set (ulimit -f), "
+            "which is the likely cause: the disk is full or a file-size "
+            "limit was reached; free space (or raise the limit) and run the "
+            "same command again to resume")
+  return ("check that the disk is not full and that no file-size limit is "
+          "set; then run the same command again to resume")
+
+
 def _is_storage_failure(e: BaseException) -> bool:
   try:
     import optuna
@@ -103,6 +119,8 @@ def writing(where: str, doing: str):
       reason = f"{os.strerror(root.errno)}"
     hint = next((h for keys, h in _HINTS if any(k in reason for k in keys)),
                 None)
+    if hint is None and "I/O error" in reason:
+      hint = _io_hint()
     raise StorageError(
         f"cannot write to {where} while {doing}: {reason}"
         + (f"; {hint}." if hint else ".")) from None
@@ -176,7 +194,9 @@ def open_storage(storage: Any) -> ResolvedStorage:
       path = path[2:]
     _check_parent(url, path)
     try:
-      backend = journal.JournalFileBackend(path, lock_obj=JournalLock(path))
+      lock = JournalLock(path)
+      _repair_torn_tail(path, lock)
+      backend = journal.JournalFileBackend(path, lock_obj=lock)
       return ResolvedStorage(journal.JournalStorage(backend), url,
                              path + ".checkpoints")
     except Exception as e:  # pylint: disable=broad-except
@@ -385,3 +405,36 @@ class JournalLock:
 
   def release(self) -> None:
     self._inner.release()
+
+
+def _repair_torn_tail(path: str, lock: "JournalLock") -> None:
+  """Cuts off a journal's last record if a failed write left it incomplete.
+
+  A write that fails half-way (a full disk, a file-size limit) leaves a
+  record without its closing newline. Optuna skips it while it is last, but
+  the next append would be glued to it and make both unreadable. The torn
+  record was never acknowledged to its writer, so it is cut off (under the
+  journal's lock), with a warning.
+  """
+  try:
+    size = os.path.getsize(path)
+  except OSError:
+    return
+  if size == 0:
+    return
+  lock.acquire()
+  try:
+    with open(path, "rb+") as f:
+      f.seek(-1, os.SEEK_END)
+      if f.read(1) == b"\n":
+        return
+      f.seek(0)
+      data = f.read()
+      keep = data.rfind(b"\n") + 1
+      f.truncate(keep)
+    import logging
+    logging.getLogger("hippojax").warning(
+        "hippojax: cut off an incomplete last record (%d bytes) of the "
+        "journal %s, left by a write that failed.", len(data) - keep, path)
+  finally:
+    lock.release()
