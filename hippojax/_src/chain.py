@@ -399,7 +399,8 @@ def run_blackbox(study, problem, options, n_steps, timeout, lease,
       hparams = space.suggest(trial)
       out = pruning.evaluate(problem, hparams, trial, seed=study.seed,
                              num_steps=per_trial, prune=prune,
-                             deadline=deadline)
+                             # the first complete trial is never cut short
+                             deadline=deadline if best < math.inf else None)
       result = out["value"]
       spent += out["trained_steps"]
       wall = wall0 + time.perf_counter() - start

@@ -81,19 +81,21 @@ def _check_dir(path: str, flag: str) -> None:
   virtual file systems such as ``/proc``.
   """
   import tempfile
-  path = os.path.abspath(path)
   if os.path.exists(path) and not os.path.isdir(path):
     raise _CliError(f"{flag} {path!r} is a file, not a directory.")
-  where = path
+  where = os.path.abspath(path)
   while not os.path.exists(where):
     where = os.path.dirname(where)
+  if not os.path.isabs(path):  # name it as the user did
+    where = os.path.relpath(where)
   if not os.path.isdir(where):
     raise _CliError(f"cannot create {flag} {path!r}: {where!r} is a file.")
   try:
     with tempfile.TemporaryFile(prefix=".hippojax-probe-", dir=where):
       pass
   except OSError as e:
-    what = "is" if where == path else f"cannot be created: {where!r} is"
+    what = ("is" if os.path.abspath(where) == os.path.abspath(path) else
+            f"cannot be created: {where!r} is")
     raise _CliError(f"{flag} {path!r} {what} not writable "
                     f"({e.strerror or e}).") from None
 

@@ -6,7 +6,9 @@ command line) the training runs in :data:`REPORTS` equal chunks; after each
 chunk the trial reports the validation loss to Optuna
 (``trial.report(loss, k)``, ``k = 1 … REPORTS``) and stops if
 ``trial.should_prune()``. The same chunks let a chain's ``timeout`` stop a
-long trial part-way. A stopped trial is recorded as ``PRUNED``, with the
+long trial part-way (once the chain has a complete trial: its first one
+always finishes, and the overrun is reported). A stopped trial is recorded
+as ``PRUNED``, with the
 user attribute ``pruned_by`` (``"pruner"`` or ``"timeout"``) and
 ``trained_steps``, the training steps it ran; ``steps_saved`` is the rest of
 its budget.
