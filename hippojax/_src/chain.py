@@ -425,7 +425,8 @@ def run_blackbox(study, problem, options, n_steps, timeout, lease,
         bar.set_postfix(best=f"{best:.5g}")
       for cb in callbacks:
         cb(study, {"val_loss": result, "hparams": hparams, "step": step - 1,
-                   "wall_seconds": wall})
+                   "wall_seconds": wall,
+                   "value": None if out["pruned_by"] else result})
       if study._stop:  # pylint: disable=protected-access
         break
   finally:

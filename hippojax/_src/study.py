@@ -356,12 +356,16 @@ class Study:
       problem: a built-in problem name or a :class:`Problem`.
       n_steps: the chain's total number of trials; ``None`` runs until
         ``timeout``.
-      timeout: stop starting new trials after this many seconds.
-      show_progress_bar: a tqdm bar with the current validation loss.
+      timeout: stop starting new trials after this many seconds (a
+        black-box trial running then stops at its next chunk, once the
+        chain has a complete trial; an outer step is not interrupted).
+      show_progress_bar: a tqdm bar with the best value so far.
       callbacks: functions ``callback(study, record)`` called after each
-        trial is recorded; ``record`` has ``val_loss``, ``hparams``,
-        ``step`` and ``wall_seconds``. A callback may call
-        :meth:`stop`.
+        trial is recorded; ``record`` has ``value`` (the trial's Optuna
+        value, retrained from scratch; ``None`` for a replayed step or a
+        pruned trial, non-finite for a failed one), ``val_loss`` (for gradient methods, at the
+        warm-started weights), ``hparams``, ``step`` and
+        ``wall_seconds``. A callback may call :meth:`stop`.
 
     Returns:
       ``self``.
