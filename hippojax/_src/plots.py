@@ -96,7 +96,7 @@ def hparams(problem: str, group: dict, path: str) -> None:
   rows, cols = max(len(shown), 1), max(len(names), 1)
   fig, axes = plt.subplots(rows, cols, figsize=(max(3.8 * cols + 0.6, 6.0),
                                                 2.5 * rows + 0.9),
-                           squeeze=False)
+                           squeeze=False, layout="constrained")
   for i, (key, m) in enumerate(shown):
     chain = str(m["best_chain"])
     traj = m["chains"][chain]["hparams"]
@@ -118,12 +118,19 @@ def hparams(problem: str, group: dict, path: str) -> None:
         what = ("" if v.shape[1] == 1 else
                 f" ({v.shape[1]} elements, one {'dot' if style == '.' else 'line'} each)")
       else:
-        ax.plot(x, h["median"], style, lw=1.4, ms=3, color=colour(key),
-                label="median of the elements")
-        ax.fill_between(x, h["q10"], h["q90"], alpha=0.25,
-                        color=colour(key), label="10–90% of the elements")
+        med = np.asarray(h["median"])
+        if style == ".":  # separate samples: a bar per trial, not a band
+          ax.errorbar(x, med, yerr=[med - np.asarray(h["q10"]),
+                                    np.asarray(h["q90"]) - med],
+                      fmt=".", ms=4, lw=0.8, color=colour(key),
+                      label="median of the elements, bar: 10–90%")
+        else:
+          ax.plot(x, med, "-", lw=1.4, color=colour(key),
+                  label="median of the elements")
+          ax.fill_between(x, h["q10"], h["q90"], alpha=0.25,
+                          color=colour(key), label="10–90% of the elements")
         ax.legend(fontsize=6, loc="best")
-        what = ""
+        what = f" ({h['size']} elements)" if "size" in h else ""
       if h["log"]:
         ax.set_yscale("log")
       seeds = "" if len(m["chains"]) == 1 else f", seed {chain}"
@@ -138,7 +145,6 @@ def hparams(problem: str, group: dict, path: str) -> None:
                     va="center", transform=axes[0][0].transAxes)
   fig.suptitle(f"{problem}: hyperparameters\n(best chain of each method)",
                fontsize=10)
-  fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
 

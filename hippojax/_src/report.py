@@ -43,7 +43,7 @@ model, overall and at equal wall-clock and equal inner steps.
               "inner_steps",
               "series": {"step", "wall_seconds", "inner_steps", "value",
                          "best_value"},
-              "hparams": {name: {"step": [int], "log": bool,
+              "hparams": {name: {"step": [int], "log": bool, "size": int,
                                  "values": [[float]]  # arrays of <= 10
                                  | "median"/"q10"/"q90": [float]}}}}
           }
@@ -96,7 +96,7 @@ def _trajectories(space, trials, trial_hparams) -> dict:
   out = {}
   for p in space:
     stacked = np.stack([h[p.name].reshape(-1) for h in hs])
-    entry = {"step": steps, "log": p.log}
+    entry = {"step": steps, "log": p.log, "size": p.size}
     if p.size <= _MAX_ELEMENTS:
       entry["values"] = stacked.tolist()
     else:
@@ -214,17 +214,22 @@ def collect(study, *, evaluate: bool = True,
 
 
 def _pruning(complete, pruned, inner: int) -> dict:
-  """Pruned trials, the training steps they did not run, and the time."""
+  """Pruned trials, the training steps they did not run, and the time.
+
+  The time saved by a pruned trial is measured, not extrapolated: the
+  median duration of the study's complete trials minus its own duration
+  (which includes the cost of reporting to the pruner).
+  """
+  by_pruner = [t for t in pruned if t.user_attrs.get("pruned_by") == "pruner"]
   saved = sum(inner - int(t.user_attrs.get("trained_steps", inner))
-              for t in pruned)
-  rates = [t.duration.total_seconds() / int(t.user_attrs["trained_steps"])
-           for t in complete
-           if t.duration is not None and t.user_attrs.get("trained_steps")]
-  per_step = float(np.median(rates)) if rates else 0.0
-  return {"pruned": sum(t.user_attrs.get("pruned_by") == "pruner"
-                        for t in pruned),
-          "steps_saved": int(saved),
-          "seconds_saved": saved * per_step}
+              for t in by_pruner)
+  full = [t.duration.total_seconds() for t in complete
+          if t.duration is not None]
+  typical = float(np.median(full)) if full else 0.0
+  seconds = sum(max(0.0, typical - t.duration.total_seconds())
+                for t in by_pruner if t.duration is not None)
+  return {"pruned": len(by_pruner), "steps_saved": int(saved),
+          "seconds_saved": seconds}
 
 
 def _at(entry: dict, key: str, limit: float) -> dict:
@@ -325,25 +330,28 @@ def _pruning_lines(group: dict) -> list[str]:
     if m["pruner"] == "none":
       continue
     base = methods.get(m["method"])
+    ran = m["n_pruned"] + m["n_trials"] + m["n_stopped"]
     rows.append(
-        f"| {key} | {m['n_pruned']} of "
-        f"{m['n_pruned'] + m['n_trials'] + m['n_stopped']} | "
+        f"| {key} | {m['n_pruned']} of {ran} | "
         f"{m['pruning']['steps_saved']} | "
-        f"{m['pruning']['seconds_saved']:.1f} | {_fmt(m['best_value'])} | "
-        f"{_fmt(None if base is None else base['best_value'])} |")
+        f"{m['pruning']['seconds_saved']:.1f} | "
+        f"{_fmt(m['best_value'])} | "
+        f"{_fmt(None if base is None else base['best_value'])} | "
+        f"{'—' if base is None else base['n_trials'] + base['n_stopped']} |")
   if not rows:
     return []
   return [
       "### Pruning", "",
       "Pruned trials stop after a chunk of their training whose validation "
       "loss the pruner finds poor. *Steps saved*: training steps the pruned "
-      "trials did not run; *seconds saved*: those steps at the median speed "
-      "of the complete trials. The last two columns compare the retrained "
-      "validation loss of the best trial with and without the pruner, in "
-      "the same budget.", "",
+      "trials did not run; *seconds saved*: for each pruned trial, the "
+      "median duration of the complete trials minus its own (reporting to "
+      "the pruner included). The last columns compare, in the same budget, "
+      "the retrained validation loss of the best trial and the number of "
+      "trials with and without the pruner.", "",
       "| method | trials pruned | steps saved | seconds saved | "
-      "val loss (retrained) | without pruning |",
-      "|---|---:|---:|---:|---:|---:|", *rows, ""]
+      "val loss (retrained) | without pruning | trials without pruning |",
+      "|---|---:|---:|---:|---:|---:|---:|", *rows, ""]
 
 
 def markdown(results: dict, plots: dict) -> str:
