@@ -6,7 +6,6 @@
 
 import contextlib
 import datetime
-import logging
 import math
 import os
 import time
@@ -18,9 +17,6 @@ from hippojax._src import outer
 from hippojax._src import pruning
 from hippojax._src import storage as storage_lib
 from hippojax._src import trials as trials_lib
-
-
-log = logging.getLogger("hippojax")
 
 
 def _study_lib():
@@ -78,7 +74,7 @@ def lease(study):
     held.acquire()
   try:
     if held.taken_over:
-      log.warning("hippojax: took over seed %d of study %r: %s.", study.seed,
+      storage_lib.logger().warning("hippojax: took over seed %d of study %r: %s.", study.seed,
                   study.study_name, held.taken_over)
     yield held
   finally:

@@ -28,17 +28,14 @@ from typing import Any
 import jax
 import numpy as np
 
+from hippojax._src import storage as storage_lib
+
 PyTree = Any
-log = logging.getLogger("hippojax")
-
-
-class CheckpointError(RuntimeError):
-  """No checkpoint of a chain could be read, or one could not be written."""
 
 
 def _skip(where: str, step: int, e: Exception, older) -> None:
   first = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
-  log.warning("hippojax: the checkpoint at step %d in %s cannot be read "
+  storage_lib.logger().warning("hippojax: the checkpoint at step %d in %s cannot be read "
               "(%s: %s); %s.", step, where, type(e).__name__, first,
               f"using the one at step {older}" if older is not None else
               "starting the chain from its first step")
@@ -203,6 +200,8 @@ class Checkpointer:
 
   def save(self, step: int, state: PyTree, meta: dict) -> None:
     ocp = self._ocp
+    if step in self._manager.all_steps():  # an unreadable one, replaced
+      self._manager.delete(step)
     self._manager.save(
         step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                       meta=ocp.args.JsonSave(meta)),

@@ -36,6 +36,23 @@ DEFAULT_STORAGE = "sqlite:///hippojax.db"
 MEMORY = ":memory:"
 
 
+def logger():
+  """The ``hippojax`` logger: warnings about recovered faults, on stderr.
+
+  They must reach a user who configured no logging (a resume that skipped
+  a corrupted checkpoint, a stale lock that was removed), as one plain line.
+  Attach handlers to it, or set its level, to route or silence them.
+  """
+  import logging
+  log = logging.getLogger("hippojax")
+  if not log.handlers:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    log.propagate = False
+  return log
+
+
 class StorageError(RuntimeError):
   """A storage that cannot be opened or written; the message is one line."""
 
@@ -146,6 +163,8 @@ def _sqlite_path(url: str) -> str | None:
   if not m:
     return None
   path = m.group(1)
+  if path.startswith("file:"):  # an SQLite URI: file:PATH?mode=ro&uri=true
+    path = path[len("file:"):].split("?", 1)[0]
   return None if path in ("", ":memory:") else path
 
 
@@ -298,9 +317,13 @@ def _fast_sqlite(rdb) -> None:
 
   def pragma(dbapi_connection, record):
     del record
+    import sqlite3
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
+    try:
+      cursor.execute("PRAGMA journal_mode=WAL")
+      cursor.execute("PRAGMA synchronous=NORMAL")
+    except sqlite3.OperationalError:
+      pass  # a read-only file can still be read; writes will say why not
     cursor.close()
 
   sqlalchemy.event.listen(rdb.engine, "connect", pragma)
@@ -386,8 +409,7 @@ class JournalLock:
       os.unlink(self.lock_file)
     except OSError:
       return False
-    import logging
-    logging.getLogger("hippojax").warning(
+    logger().warning(
         "hippojax: removed the stale journal lock %s (%.0f s old), left by a "
         "writer that was killed while appending.", self.lock_file, age)
     return True
@@ -432,8 +454,7 @@ def _repair_torn_tail(path: str, lock: "JournalLock") -> None:
       data = f.read()
       keep = data.rfind(b"\n") + 1
       f.truncate(keep)
-    import logging
-    logging.getLogger("hippojax").warning(
+    logger().warning(
         "hippojax: cut off an incomplete last record (%d bytes) of the "
         "journal %s, left by a write that failed.", len(data) - keep, path)
   finally:

@@ -196,9 +196,11 @@ def create_study(method: str = "hoag", *, storage: Any = None,
     raise ValueError(f"study_name must be a non-empty string or None, got "
                      f"{study_name!r}.")
   resolved = storage_lib.open_storage(storage)
-  return Study(method, options, resolved, study_name, bool(load_if_exists),
-               int(seed), checkpoint_dir, int(checkpoint_every),
-               max_failed_steps=int(max_failed_steps))
+  with storage_lib.writing(resolved.url, "opening the study"):
+    return Study(method, options, resolved, study_name,
+                 bool(load_if_exists), int(seed), checkpoint_dir,
+                 int(checkpoint_every),
+                 max_failed_steps=int(max_failed_steps))
 
 
 class Study:
@@ -387,10 +389,11 @@ class Study:
       raise ValueError(f"n_steps must be an int >= 0, got {n_steps!r}.")
     if timeout is not None and not timeout > 0:
       raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}.")
-    if self._optuna_study is None:
-      self._open(f"{problem.name}-{self.method}")
     options = self._options(problem)
-    self._bind_problem(problem, options)
+    with storage_lib.writing(self.storage_url, "opening the study"):
+      if self._optuna_study is None:
+        self._open(f"{problem.name}-{self.method}")
+      self._bind_problem(problem, options)
     chain_lib.check_bounds(problem.space, options["dtype"])
     self._stop = False
     with chain_lib.lease(self) as lease:
