@@ -308,12 +308,18 @@ class Study:
 
   @property
   def best_trial(self):
-    """The complete trial with the lowest validation loss."""
+    """The complete trial with the lowest value: the validation loss of its
+    hyperparameters retrained from scratch (every chain; see
+    :mod:`hippojax._src.trials`)."""
     return self.optuna_study.best_trial
 
   @property
   def best_value(self) -> float:
-    """The lowest validation loss recorded."""
+    """The best trial's value: its validation loss retrained from scratch.
+
+    For a gradient trial the loss at the chain's warm-started weights is
+    ``best_trial.user_attrs["warm_val_loss"]``.
+    """
     return float(self.optuna_study.best_value)
 
   @property
@@ -330,10 +336,15 @@ class Study:
     return problems_lib.get(name).space
 
   def evaluate_best(self, *, seed: int | None = None) -> dict:
-    """Retrains from scratch with :attr:`best_params`; val loss and test."""
+    """Retrains from scratch with :attr:`best_params`; val loss and test.
+
+    ``seed`` defaults to the best trial's chain, so the validation loss is
+    :attr:`best_value` again.
+    """
     problem = self.problem or problems_lib.get(
         self.optuna_study.user_attrs[_ATTR + "problem"])
-    seed = self.seed if seed is None else seed
+    if seed is None:
+      seed = int(self.best_trial.user_attrs.get("chain", self.seed))
     out = problem.evaluate(self.best_params, seed=seed,
                            num_steps=self._options(problem)["inner_steps"])
     return out
