@@ -230,7 +230,7 @@ def _format_value(value) -> str:
 def _run(args) -> int:
   from hippojax._src import problems
   from hippojax._src.study import create_study
-  if args.checkpoint_dir is not None:
+  if args.checkpoint_dir is not None and "://" not in args.checkpoint_dir:
     _check_dir(args.checkpoint_dir, "--checkpoint-dir")
   options = _method_options(args, args.method)
   name = args.study or f"{args.problem}-{args.method}"
@@ -501,7 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gradient methods: checkpoint every N steps "
                         "(default 10)")
   run.add_argument("--checkpoint-dir", default=None,
-                   help="default: next to the storage file")
+                   help="gradient methods: where chain states too large for "
+                        "the database go, a directory or URL (default: in "
+                        "the storage itself)")
   run.add_argument("--no-progress", action="store_true",
                    help="no progress bar")
   _add_method_options(run, pruner_help="random, tpe: stop trials whose "
