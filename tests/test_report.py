@@ -142,3 +142,35 @@ def test_multi_problem_reports_have_one_figure_set_per_problem(tmp_path):
     saved = json.load(f)
   assert saved["schema"] == "hippojax.report/2"
   assert set(saved["problems"]) == {"ridge-diabetes", "mlp-digits"}
+
+
+@pytest.mark.slow
+def test_report_of_three_worker_processes_counts_every_trial(tmp_path):
+  """Three `hippojax run` processes, started together on one study, then
+  `hippojax report`."""
+  import subprocess
+  import sys
+  exe = os.path.join(os.path.dirname(sys.executable), "hippojax")
+  db = str(tmp_path / "w.db")
+  procs = [subprocess.Popen(
+      [exe, "run", "--problem", "ridge-diabetes", "--method", "tpe",
+       "--n-startup-trials", "2", "--steps", "4", "--inner-steps", "50",
+       "--storage", db, "--study", "w", "--seed", str(seed), "--no-progress"],
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      cwd=tmp_path) for seed in (0, 1, 2)]
+  for p in procs:
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err
+  rep = subprocess.run([exe, "report", "--storage", db, "--out", "rep",
+                        "--no-progress"], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=600)
+  assert rep.returncode == 0, rep.stderr
+  with open(tmp_path / "rep" / "results.json") as f:
+    m = json.load(f)["problems"]["ridge-diabetes"]["methods"]["tpe"]
+  loaded = optuna.load_study(study_name="w", storage=f"sqlite:///{db}")
+  assert m["n_trials"] == len(loaded.trials) == 12
+  assert sorted(m["chains"]) == ["0", "1", "2"]
+  assert m["best_value"] == loaded.best_value
+  assert m["best_chain"] == loaded.best_trial.user_attrs["chain"]
+  text = (tmp_path / "rep" / "report.md").read_text()
+  assert "ran 3 chains; best per chain seed 0:" in text
