@@ -165,7 +165,7 @@ def test_optuna_dashboard_lists_the_params(hoag_db):
                             stderr=subprocess.DEVNULL)
   try:
     base = f"http://127.0.0.1:{port}/api/studies"
-    studies = _get(base, time.time() + 60)["studies"]
+    studies = _get(base, time.time() + 120)["study_summaries"]
     (entry,) = [s for s in studies
                 if s["study_name"] == "ridge-diabetes-hoag"]
     detail = _get(f"{base}/{entry['study_id']}", time.time() + 30)

@@ -91,7 +91,7 @@ def test_compare_with_a_pruner_reports_the_savings(tmp_path, monkeypatch,
                                                    capsys):
   monkeypatch.chdir(tmp_path)
   rc = cli.main(["compare", "--problem", "ridge-diabetes", "--methods",
-                 "random", "--budget", "6", "--inner-steps", "50",
+                 "random", "--budget", "10", "--inner-steps", "50",
                  "--pruner", "median", "--out", "cmp", "--no-progress"])
   out, err = capsys.readouterr()
   assert rc == 0, err
