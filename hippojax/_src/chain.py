@@ -183,8 +183,11 @@ def run_gradient(study, problem, options, n_steps, timeout, checkpointer,
     with storage_lib.writing(study.storage_url, "reading the checkpoint"):
       state, wall0 = _restore(checkpointer, state, meta_base)
   live = study._live.get(study.seed)  # pylint: disable=protected-access
+  # In the same process, the last state is newer than any checkpoint (if
+  # every step before it is still on record).
   if (live is not None and live[0] is engine and
-      int(live[1].step) > int(state.step)):
+      int(live[1].step) > int(state.step) and
+      all(k in recorded for k in range(int(live[1].step)))):
     _, state, wall0 = live
   step = int(state.step)
   # Wall-clock never runs backwards, even when replaying recorded steps.
@@ -251,8 +254,9 @@ def run_gradient(study, problem, options, n_steps, timeout, checkpointer,
       if study._stop:  # pylint: disable=protected-access
         break
   except BaseException:
-    # Save what is recorded, but never mask the reason we are stopping.
-    if checkpointer is not None and step != last_saved:
+    # Save what is recorded, but never mask the reason we are stopping (nor
+    # write over the checkpoints of a process that took the chain over).
+    if checkpointer is not None and step != last_saved and not lease.lost:
       try:
         save()
       except Exception:  # pylint: disable=broad-except

@@ -228,6 +228,11 @@ class ChainLease:
     while not self._stop.wait(self.ttl / 4):
       self._renew()
 
+  @property
+  def lost(self) -> bool:
+    """Whether another process took the lease over."""
+    return bool(self._lost)
+
   def check(self) -> None:
     """Renews the lease; raises if it was taken over (call before writing).
 

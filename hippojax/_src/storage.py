@@ -64,11 +64,13 @@ def first_line(e: BaseException) -> str:
 
 
 def _root_cause(e: BaseException) -> BaseException:
+  """The innermost exception that caused ``e`` (a driver's, an OSError)."""
   seen = set()
   while id(e) not in seen:
     seen.add(id(e))
-    nxt = getattr(e, "orig", None) or e.__cause__ or e.__context__
-    if nxt is None:
+    nxt = (getattr(e, "orig", None) or e.__cause__ or
+           (None if e.__suppress_context__ else e.__context__))
+    if not isinstance(nxt, BaseException):
       break
     e = nxt
   return e
@@ -107,13 +109,13 @@ def _is_storage_failure(e: BaseException) -> bool:
     import sqlalchemy
   except ImportError:  # pragma: no cover
     return isinstance(e, OSError)
+  import sqlite3
   if isinstance(e, (optuna.exceptions.StorageInternalError,
-                    sqlalchemy.exc.SQLAlchemyError, OSError)):
+                    sqlalchemy.exc.SQLAlchemyError, OSError, sqlite3.Error)):
     return True
-  root = _root_cause(e)
-  return isinstance(root, (OSError, sqlalchemy.exc.SQLAlchemyError)) or (
-      type(root).__module__.startswith(("sqlite3", "psycopg", "pymysql",
-                                        "MySQLdb")))
+  # Database drivers' own errors, raised where no wrapper caught them.
+  return type(e).__module__.split(".")[0] in ("psycopg", "psycopg2",
+                                              "pymysql", "MySQLdb")
 
 
 @contextlib.contextmanager
