@@ -152,12 +152,10 @@ class ResolvedStorage:
   Attributes:
     storage: the ``optuna.storages.BaseStorage``.
     url: the storage as the user gave it (normalised), for messages.
-    checkpoint_root: default checkpoint directory, or ``None`` (memory).
   """
 
   storage: Any
   url: str
-  checkpoint_root: str | None
 
 
 def _sqlite_path(url: str) -> str | None:
@@ -203,12 +201,12 @@ def open_storage(storage: Any) -> ResolvedStorage:
 
   url = normalise(storage)
   if isinstance(url, optuna.storages.BaseStorage):
-    return ResolvedStorage(url, type(url).__name__, None)
+    return ResolvedStorage(url, type(url).__name__)
   if not isinstance(url, str):
     raise StorageError(f"storage must be a URL, a path, ':memory:' or an "
                        f"optuna storage, got {storage!r}.")
   if url == MEMORY:
-    return ResolvedStorage(optuna.storages.InMemoryStorage(), url, None)
+    return ResolvedStorage(optuna.storages.InMemoryStorage(), url)
   if url.startswith("journal:"):
     path = url[len("journal:"):]
     if path.startswith("///"):
@@ -218,8 +216,7 @@ def open_storage(storage: Any) -> ResolvedStorage:
       lock = JournalLock(path)
       _repair_torn_tail(path, lock)
       backend = journal.JournalFileBackend(path, lock_obj=lock)
-      return ResolvedStorage(journal.JournalStorage(backend), url,
-                             path + ".checkpoints")
+      return ResolvedStorage(journal.JournalStorage(backend), url)
     except Exception as e:  # pylint: disable=broad-except
       raise StorageError(f"cannot open journal storage {url!r}: {e}") from e
   path = _sqlite_path(url)
@@ -238,8 +235,7 @@ def open_storage(storage: Any) -> ResolvedStorage:
     rdb = _open_rdb(url)
   if path is not None:
     _fast_sqlite(rdb)
-  root = path + ".checkpoints" if path else "hippojax-checkpoints"
-  return ResolvedStorage(rdb, url, root)
+  return ResolvedStorage(rdb, url)
 
 
 _DRIVERS = {
