@@ -31,6 +31,7 @@ from hippojax._src.steps import heavy_ball_step
 from hippojax._src.steps import optax_step
 from hippojax._src.steps import OptaxState
 from hippojax._src.steps import OptaxStep
+from hippojax._src.chain import ChainFailedError
 from hippojax._src.storage import ChainBusyError
 from hippojax._src.storage import StorageError
 from hippojax._src.study import create_study
@@ -49,6 +50,7 @@ __all__ = (
     "BiCGStab",
     "CG",
     "ChainBusyError",
+    "ChainFailedError",
     "FloatParam",
     "GMRES",
     "GradientStep",

@@ -47,6 +47,11 @@ EXPECTED = {
                                  "trace_lower_s"})),
     "symmetric_products": ("symmetric_products_quick", {"machine", "rows"},
                            ("rows", {"params", "method", "ratio"})),
+    "optuna_params": ("optuna_params", {"machine", "command", "rows",
+                                        "max_element_params"},
+                      ("rows", {"elements", "storage", "trials",
+                                "add_public_s", "load_public_s_per_trial",
+                                "bytes_per_trial"})),
 }
 
 
