@@ -406,3 +406,28 @@ def test_near_miss_extra_arguments_are_refused(logistic):
   # Unrelated extra arguments (for other members of a chain) pass.
   tx.update(None, state, p.theta, inner_params=p.params, train_batch=p.train,
             val_batch=p.val, value=1.0, grad=None)
+
+
+# ------------------------------------------------------------------ studies
+
+
+def test_run_says_when_most_solves_failed(tmp_path, capsys, monkeypatch):
+  """One CG iteration cannot solve ridge-diabetes: the run says so."""
+  from hippojax._src import cli
+  monkeypatch.chdir(tmp_path)
+  storage = f"sqlite:///{tmp_path / 's.db'}"
+  base = ["run", "--problem", "ridge-diabetes-scalar", "--method", "hoag",
+          "--steps", "3", "--storage", storage, "--no-progress"]
+  rc = cli.main(base + ["--maxiter", "1", "--study", "starved"])
+  out = capsys.readouterr().out
+  assert rc == 0
+  lines = [l for l in out.splitlines() if "did not converge" in l]
+  assert len(lines) == 1 and "3 of 3" in lines[0] and "100%" in lines[0]
+  rc = cli.main(base + ["--study", "fed"])
+  out = capsys.readouterr().out
+  assert rc == 0 and "did not converge" not in out
+  import optuna
+  trial = optuna.load_study(study_name="fed", storage=storage).trials[-1]
+  assert trial.user_attrs["solver_converged"] is True
+  assert 0 <= trial.user_attrs["fixed_point_residual"] <= 1e-3
+  assert trial.user_attrs["damping"] == 0.0

@@ -227,6 +227,22 @@ def _format_value(value) -> str:
           f"{np.median(v):.4g}, max {v.max():.4g}")
 
 
+def _solve_failures(study) -> str | None:
+  """One line when most hypergradient solves of a gradient chain failed."""
+  flags = [t.user_attrs.get("solver_converged") for t in study.chain_trials()]
+  flags = [f for f in flags if f is not None]
+  if not flags:
+    return None
+  failed = sum(1 for f in flags if not f)
+  if failed * 2 <= len(flags):
+    return None
+  return (f"warning: {study.study_name}: {failed} of {len(flags)} "
+          f"hypergradient solves ({failed / len(flags):.0%}) did not converge "
+          "(a large residual, negative curvature, or weights not at a fixed "
+          "point); see the solver_* and fixed_point_residual attributes and "
+          "docs/choosing.md.")
+
+
 def _run(args) -> int:
   from hippojax._src import problems
   from hippojax._src.study import create_study
@@ -272,6 +288,9 @@ def _run(args) -> int:
   ev = study.evaluate_best(seed=best.user_attrs.get("chain"))
   print(f"{problem.metric_name} of that retrained model: "
         f"{ev['test_metric']:.4g}")
+  failures = _solve_failures(study)
+  if failures:
+    print(failures)
   return 0
 
 
@@ -382,6 +401,10 @@ def _compare(args, parser) -> int:
   results = _build_report(studies, args, budget=args.budget)
   print(report.table(results))
   print(f"\nwrote {args.out}/report.md, results.json and plots")
+  for study in studies:
+    failures = _solve_failures(study)
+    if failures:
+      print(failures)
   return 0
 
 
