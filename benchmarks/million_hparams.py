@@ -114,7 +114,7 @@ def run(hidden: int = 1024, depth: int = 2, inner_steps: int = 100,
     repeats: timed calls per method after the first (compiling) call.
     num_iters: Neumann terms for ``ift``.
     maxiter: CG iterations for ``hoag`` (tolerance ``1e-3``, cold start,
-      damping 0.1).
+      damping 1).
 
   Returns:
     A JSON-ready dict of the configuration and, per method, seconds per
@@ -144,9 +144,9 @@ def run(hidden: int = 1024, depth: int = 2, inner_steps: int = 100,
   }
   # hoag is damped: on this briefly trained MLP, 10 undamped CG iterations
   # leave a relative residual of about 160 (the Hessian is ill-conditioned),
-  # which the transform rightly refuses; with δ = 0.1 it is about 0.26.
+  # which the transform rightly refuses; with δ = 1 it is about 1e-3.
   options = {"ift": dict(num_iters=num_iters),
-             "hoag": dict(tol=1e-3, maxiter=maxiter, damping=0.1)}
+             "hoag": dict(tol=1e-3, maxiter=maxiter, damping=1.0)}
   for method, opts in options.items():
     tx = hippojax.hypergradient(STEP, val_loss, method=method, **opts)
     state = tx.init(log_decay)
