@@ -22,6 +22,8 @@ if importlib.util.find_spec("torch") is None:  # pragma: no cover
                     "'hippojax[torch]'.")
 
 from hippojax._src.torch_shim import FunctionalModule
+from hippojax._src.torch_export import Translation
+from hippojax._src.torch_shim import TorchFallbackWarning
 from hippojax._src.torch_shim import TorchFunction
 from hippojax._src.torch_shim import functional
 from hippojax._src.torch_shim import gradient_step
@@ -31,7 +33,9 @@ from hippojax._src.torch_shim import wrap
 
 __all__ = (
     "FunctionalModule",
+    "TorchFallbackWarning",
     "TorchFunction",
+    "Translation",
     "functional",
     "gradient_step",
     "load_params",
