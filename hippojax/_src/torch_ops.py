@@ -569,10 +569,12 @@ def _max_pool_with_indices(x, kernel_size, stride=(), padding=0, dilation=1,
   k, s, p, d, lead = _pool_args(x, kernel_size, stride, padding, dilation, n)
   if ceil_mode:
     raise Unsupported("max pooling with ceil_mode=True")
-  init = -jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else (
+  init = -np.inf if jnp.issubdtype(x.dtype, jnp.floating) else (
       jnp.iinfo(x.dtype).min)
+  # Concrete NumPy initial values select JAX's differentiable max/sum
+  # window reductions.
   out = lax.reduce_window(
-      x, jnp.asarray(init, x.dtype), lax.max, (1,) * lead + tuple(k),
+      x, np.asarray(init, x.dtype), lax.max, (1,) * lead + tuple(k),
       (1,) * lead + tuple(s), [(0, 0)] * lead + [(q, q) for q in p],
       window_dilation=(1,) * lead + tuple(d))
   return out, _Unavailable("the indices of max pooling")
@@ -588,14 +590,14 @@ def _avg_pool(x, kernel_size, stride=(), padding=0, ceil_mode=False,
   window = (1,) * lead + tuple(k)
   strides = (1,) * lead + tuple(s)
   pads = [(0, 0)] * lead + [(q, q) for q in p]
-  total = lax.reduce_window(x, jnp.asarray(0, x.dtype), lax.add, window,
+  total = lax.reduce_window(x, np.asarray(0, x.dtype), lax.add, window,
                             strides, pads)
   if divisor_override:
     return total / divisor_override
   if count_include_pad or not any(p):
     return total / math.prod(k)
   ones = jnp.ones(x.shape[lead:], x.dtype)
-  count = lax.reduce_window(ones, jnp.asarray(0, x.dtype), lax.add, tuple(k),
+  count = lax.reduce_window(ones, np.asarray(0, x.dtype), lax.add, tuple(k),
                             tuple(s), [(q, q) for q in p])
   return total / count
 
