@@ -382,3 +382,48 @@ def test_float32_step_keeps_dtypes_and_is_not_recompiled():
   assert len(traces) == 1
   assert jax.tree.map(lambda x: x.dtype, out) == jax.tree.map(
       lambda x: x.dtype, params)
+
+
+def test_study_trains_a_torch_model_inside_jax():
+  """A Problem built from torch functions: the study's inner training and
+  hypergradients run as compiled JAX, with no call into torch after tracing."""
+  net = _randomise(nn.Sequential(nn.Linear(4, 8), nn.Tanh(),
+                                 nn.Linear(8, 2)).double())
+  model = hjt.functional(net)
+  calls = []
+
+  def train_loss(p, h, batch):
+    calls.append(1)
+    xb, yb = batch
+    return F.cross_entropy(model(p, xb), yb.long()) + 0.5 * h["decay"] * (
+        p["0.weight"]**2).sum()
+
+  def val_loss(p, h, batch):
+    del h
+    xb, yb = batch
+    return F.cross_entropy(model(p, xb), yb.long())
+
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(60, 4))
+  y = (x[:, 0] - x[:, 1] > 0).astype(np.int32)
+  split = lambda a, b: (jnp.asarray(x[a:b]), jnp.asarray(y[a:b]))
+  step = hjt.gradient_step(train_loss, 0.5)
+  val = hjt.wrap(val_loss)
+  params = hjt.params_of(net)
+  problem = hippojax.problems.Problem(
+      name="torch-mlp", description="a torch MLP",
+      space=hippojax.SearchSpace((hippojax.suggest_float(
+          "decay", 1e-4, 1.0, log=True),)),
+      train_step=step, val_loss=val, init_params=lambda key: params,
+      train_data=split(0, 20), val_data=split(20, 40),
+      test_data=split(40, 60), test_metric=val, metric_name="test loss",
+      higher_is_better=False, inner_steps=20)
+  hparams = problem.as_hparams({"decay": 0.01})
+  assert step.translation(params, hparams, problem.train_data).path == "jax"
+  study = hippojax.create_study(method="hoag", storage=":memory:")
+  study.optimize(problem, n_steps=2)
+  traced = len(calls)
+  study.optimize(problem, n_steps=4)
+  assert len(calls) == traced  # training ran in JAX, not in torch
+  assert len(study.trials) == 4
+  assert all(np.isfinite(t.value) for t in study.trials)
