@@ -18,6 +18,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 ORDER = ["accuracy", "symmetric_products", "overhead", "vs_jaxopt", "roofline",
          "memory", "scale", "compile", "million_hparams", "vs_hippotrainer",
+         "vs_hippotrainer_torch",
          "time_to_target"]
 
 HEADER = """# Benchmark results

@@ -672,16 +672,24 @@ def torch_markdown(data) -> str:
          f"{goal['min_ratio']:.1f}× ({goal['where']}).", "",
          "HippoTrainer's `DRMAD` raises on models with more than one layer "
          "(it updates the weights in place, then differentiates through "
-         "them); there only hippojax's times are given.", ""]
+         "them); there only hippojax's times are given.", "",
+         "GPU: not measured. No GPU was available for this run; the JAX "
+         "path runs unchanged on one (JAX picks the device), and the "
+         "callback path then needs `device=\"cuda\"` for torch.", ""]
   return "\n".join(md)
 
 
 def torch_main(args):
+  if args.render:
+    data = _common.read("vs_hippotrainer_torch", args.out)
+    _common.write("vs_hippotrainer_torch", data, torch_markdown(data),
+                  args.out)
+    return
   torch.set_num_threads(1)
   load_before = _common.load()
   start = time.perf_counter()
   if args.quick:
-    cfg = dict(k=5, inner=5, repeats=3, sizes=("seed", "mlp"))
+    cfg = dict(k=5, inner=5, repeats=3, sizes=("seed",))
   else:
     cfg = dict(k=10, inner=20, repeats=11, sizes=TORCH_SIZES)
   cfg["torch_threads"] = torch.get_num_threads()
