@@ -208,8 +208,11 @@ def _run(node, env):
 
 
 def _program(fn: Callable, in_tree, in_avals, name: str):
-  """``(Program, "")`` or ``(None, reason)``; the program is checked by
-  tracing it on the input shapes."""
+  """``(program, "", ops)``, or ``(None, reason, ops)`` on failure.
+
+  The program is checked by tracing it on the input shapes, where each
+  result is checked against the shape torch recorded.
+  """
   try:
     ep = export(fn, in_tree, in_avals, name)
   except Exception as e:  # pylint: disable=broad-except
@@ -225,6 +228,9 @@ def _program(fn: Callable, in_tree, in_avals, name: str):
     jax.eval_shape(program, *in_avals)
   except torch_ops.Unsupported as e:
     return None, f"unsupported: {e}", ()
+  except Exception as e:  # pylint: disable=broad-except
+    # An operator whose arguments the table does not cover: torch runs it.
+    return None, f"translation failed: {_first_line(e)}", ()
   return program, "", program.ops()
 
 
@@ -239,6 +245,9 @@ def _gradient_step_fn(step, spec):
   """The JAX step ``w − η ∇_w L`` from the translated torch loss ``L``."""
   first = jax.tree_util.treedef_children(spec.in_tree)
   n = first[0].num_leaves
+  if not all(jnp.issubdtype(a.dtype, jnp.floating)
+             for a in spec.in_avals[:n]):
+    return None, "params has non-floating leaves", ()
   loss, reason, ops = _program(step.loss, spec.in_tree, spec.in_avals,
                                spec.fn.name)
   if loss is None:

@@ -451,10 +451,15 @@ def _masked_fill(x, mask, value):
 @_op("embedding")
 def _embedding(weight, indices, padding_idx=-1, scale_grad_by_freq=False,
                sparse=False):
-  del padding_idx, sparse  # padding_idx only changes torch's gradient rule
+  del sparse
   if scale_grad_by_freq:
     raise Unsupported("embedding with scale_grad_by_freq")
-  return jnp.take(weight, indices, axis=0)
+  out = jnp.take(weight, indices, axis=0)
+  if padding_idx is not None and padding_idx >= 0:
+    # torch's rule: the padding row receives no gradient.
+    pad = (indices == padding_idx)[..., None]
+    out = jnp.where(pad, lax.stop_gradient(out), out)
+  return out
 
 
 @_op("full")
