@@ -625,7 +625,9 @@ def torch_speed(name, k, inner, repeats):
 def torch_markdown(data) -> str:
   cfg = data["config"]
   md = _common.header("PyTorch models: hippojax.torch against HippoTrainer",
-                      data["load_before"])
+                      info={k: data[k] for k in (
+                          "command", "machine", "cpu", "load_before",
+                          "load_after")})
   md += [
       "The same torch models, trained and tuned by HippoTrainer and by "
       "hippojax through `hippojax.torch` (the README's `functional`, "
