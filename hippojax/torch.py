@@ -11,8 +11,13 @@ gives every hippojax algorithm a PyTorch model::
   params = hippojax.torch.params_of(net)
   hg = hippojax.hoag(step, val, hparams, params, train_batch, val_batch)
 
-See ``docs/pytorch.md`` for a walk-through, where data is copied, GPU notes and
-limits.
+Torch code built from the supported layers and losses is translated into
+compiled JAX functions (``step.translation(params, hparams, batch).path ==
+"jax"``); anything else runs in torch through callbacks, with a
+:class:`TorchFallbackWarning` naming what forced it.
+
+See ``docs/pytorch.md`` for a walk-through, the supported layers, where data
+is copied, GPU notes and limits.
 """
 
 import importlib.util
