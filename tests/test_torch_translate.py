@@ -134,7 +134,7 @@ def test_layer_gradient_and_hvp_equal_torch_func_in_float64(name):
     return ((out * out + out) * ct).sum()
 
   # The differentiated arguments: the parameters, and a floating input.
-  args = [{k: torch.from_numpy(np.asarray(v)) for k, v in params.items()}]
+  args = [{k: torch.tensor(np.asarray(v)) for k, v in params.items()}]
   if not name.startswith("embedding"):
     args.append(x)
   f = lambda *a: loss(*a, x) if len(a) == 1 else loss(*a)
