@@ -19,7 +19,7 @@ RESULTS = HERE / "results"
 ORDER = ["accuracy", "nonconvex", "safeguards", "symmetric_products",
          "overhead", "vs_jaxopt", "roofline",
          "memory", "scale", "compile", "million_hparams", "vs_hippotrainer",
-         "time_to_target", "optuna_params"]
+         "vs_hippotrainer_torch", "time_to_target", "optuna_params"]
 
 HEADER = """# Benchmark results
 

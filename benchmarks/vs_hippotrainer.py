@@ -49,7 +49,18 @@ runs the same number of outer steps (same inner steps, same SGD step on the
 hyperparameters); reported: validation and test loss of the model each ends
 with.
 
+Torch-defined models (``--torch-models``). The speed comparison alone, on
+torch models of growing size, each run by hippojax through
+``hippojax.torch`` on both of its paths: the JAX path (the torch code
+translated into a compiled JAX function, the default) and the callback path
+(``path="callback"``: torch called through ``jax.pure_callback``). Sizes:
+``logreg`` and ``mlp`` above; ``seed``, the seed's 30-8-2 tanh MLP on all
+569 breast-cancer examples; ``mlp128``, a 64-128-10 ReLU MLP on 1024 digits;
+``mlp1m``, a 64-1024-1024-10 tanh MLP on digits (1.1M weights). Written to
+``vs_hippotrainer_torch.{json,md}``.
+
     python benchmarks/vs_hippotrainer.py [--quick] [--out DIR]
+    python benchmarks/vs_hippotrainer.py --torch-models [--quick] [--out DIR]
 """
 
 import functools
@@ -81,6 +92,15 @@ def _log(message: str) -> None:
   print(f"[{time.perf_counter() - _START:6.1f}s] {message}", file=sys.stderr,
         flush=True)
 GOALS = {"logreg": 10.0, "mlp": 2.0}
+TORCH_GOAL = 10.0  # every torch-defined model, every method, on the JAX path
+# name -> (data set, layer sizes, activation, training examples or None).
+TORCH_MLPS = {
+    "mlp": ("digits", (64, 16, 10), torch.nn.Tanh, None),
+    "seed": ("breast_cancer", (30, 8, 2), torch.nn.Tanh, 569),
+    "mlp128": ("digits", (64, 128, 10), torch.nn.ReLU, 1024),
+    "mlp1m": ("digits", (64, 1024, 1024, 10), torch.nn.Tanh, None),
+}
+TORCH_SIZES = ("logreg", "seed", "mlp", "mlp128", "mlp1m")
 TORCH_DTYPES = {jnp.float32: torch.float32, jnp.float64: torch.float64}
 
 
@@ -189,18 +209,29 @@ def build(name: str, dtype) -> types.SimpleNamespace:
     data_loss, penalty = torch_logreg_data_loss, torch_logreg_penalty
     theta0 = {"theta": np.full(x.shape[1], -4.0)}
   else:
-    x, y = load_digits(return_X_y=True)
+    data, sizes, act, n_train = TORCH_MLPS[name]
+    x, y = (load_digits if data == "digits" else load_breast_cancer)(
+        return_X_y=True)
     ydtype = jnp.int64
-    model = torch.nn.Sequential(torch.nn.Linear(64, 16, dtype=tdtype),
-                                torch.nn.Tanh(),
-                                torch.nn.Linear(16, 10, dtype=tdtype))
-    jax_train, jax_val = mlp_train, mlp_val
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+      layers += [torch.nn.Linear(a, b, dtype=tdtype)]
+      layers += [act()] if i < len(sizes) - 2 else []
+    model = torch.nn.Sequential(*layers)
+    jax_train, jax_val = (mlp_train, mlp_val) if name == "mlp" else (None,
+                                                                    None)
     data_loss, penalty = torch_mlp_data_loss, torch_mlp_penalty
     theta0 = {k: np.asarray(-4.0) for k, _ in model.named_parameters()}
-  with torch.no_grad():
-    for p in model.parameters():
-      p.copy_(0.3 * torch.randn(p.shape, generator=gen, dtype=tdtype))
+  if name in ("logreg", "mlp"):  # the larger models keep torch's own init
+    with torch.no_grad():
+      for p in model.parameters():
+        p.copy_(0.3 * torch.randn(p.shape, generator=gen, dtype=tdtype))
   splits = _split_data(x, y)
+  n_train = TORCH_MLPS.get(name, (None,) * 4)[3]
+  if n_train:  # the first n_train examples (of the shuffled, scaled data)
+    allx = np.concatenate([s[0] for s in splits])
+    ally = np.concatenate([s[1] for s in splits])
+    splits = ((allx[:n_train], ally[:n_train]),) + splits[1:]
   train, val, test = [(jnp.asarray(a, dtype), jnp.asarray(b, ydtype))
                       for a, b in splits]
   # A step size safe for every θ the outer loops reach (θ <= 1).
@@ -223,10 +254,13 @@ def build(name: str, dtype) -> types.SimpleNamespace:
   return types.SimpleNamespace(
       name=name, dtype=dtype, model=model, lr=lr, params0=params0,
       theta0=theta0, train=train, val=val, test=test,
-      jax_step=hippojax.gradient_step(jax_train, lr), jax_val=jax_val,
-      jax_train_loss=jax_train,
+      jax_step=jax_train and hippojax.gradient_step(jax_train, lr),
+      jax_val=jax_val, jax_train_loss=jax_train,
       torch_step=hjt.gradient_step(torch_train, lr),
-      torch_val=hjt.wrap(torch_val), data_loss=data_loss, penalty=penalty)
+      torch_val=hjt.wrap(torch_val),
+      callback_step=hjt.gradient_step(torch_train, lr, path="callback"),
+      callback_val=hjt.wrap(torch_val, path="callback"),
+      data_loss=data_loss, penalty=penalty)
 
 
 def _to_torch(batch):
@@ -547,6 +581,145 @@ def speed(name, k, inner, repeats, with_torch):
   return result
 
 
+def torch_speed(name, k, inner, repeats):
+  """HippoTrainer against hippojax.torch's JAX and callback paths."""
+  prob = build(name, jnp.float32)
+  sides = {"jax path": (prob.torch_step, prob.torch_val),
+           "callback path": (prob.callback_step, prob.callback_val)}
+  args = (prob.theta0, prob.params0, prob.train, prob.val)
+  paths = {side: step.translation(prob.params0, prob.theta0, prob.train).path
+           for side, (step, _) in sides.items()}
+  result = {"weights": _common.count_params(prob.params0),
+            "train_examples": int(prob.train[0].shape[0]), "paths": paths,
+            "methods": {}}
+  for method in METHODS:
+    hjt.load_params(prob.model, prob.params0)
+    ht = hippotrainer(prob, HT_CLASSES[method], hyper_lr=0.0, inner=inner,
+                      **ht_options(method, k, inner))
+    hyper = {"hippotrainer": functools.partial(ht_hyper_step, ht)}
+    outer = {"hippotrainer": functools.partial(ht_outer_step, ht, prob)}
+    failure = _failure(hyper["hippotrainer"])
+    entry = result["methods"][method] = {"hippotrainer_error": failure}
+    if failure:
+      _log(f"{name}: HippoTrainer's {method} fails: {failure}")
+    for side, (step, val) in sides.items():
+      fn = hippojax_outer(step, val, method, k, inner)
+      full = args + (jnp.asarray(0.0, prob.dtype),)
+      hyper[side] = functools.partial(fn, *full, num_inner=0)
+      outer[side] = functools.partial(fn, *full, num_inner=inner)
+    _log(f"{name}: timing {method}")
+    for label, calls in (("hyper_step", hyper), ("outer_step", outer)):
+      entry[label] = {}
+      if failure:  # hippojax alone: absolute times
+        timings = _common.interleaved(
+            {side: calls[side] for side in sides}, repeats)
+        entry[label] = {side: {"ms": 1e3 * _common.median(
+            timings["wall"][side])} for side in sides}
+        continue
+      timings = _common.interleaved(calls, repeats)
+      for side in sides:
+        entry[label][side] = _common.ratio(timings, "hippotrainer", side)
+  return result
+
+
+def torch_markdown(data) -> str:
+  cfg = data["config"]
+  md = _common.header("PyTorch models: hippojax.torch against HippoTrainer",
+                      info={k: data[k] for k in (
+                          "command", "machine", "cpu", "load_before",
+                          "load_after")})
+  md += [
+      "The same torch models, trained and tuned by HippoTrainer and by "
+      "hippojax through `hippojax.torch` (the README's `functional`, "
+      "`gradient_step`, `wrap`, `params_of`), on its two paths: the **JAX "
+      "path** (the torch code translated into a compiled JAX function, "
+      "chosen automatically) and the **callback path** "
+      "(`path=\"callback\"`, torch called through `jax.pure_callback`). "
+      f"float32, K = {cfg['k']} Neumann terms or CG iterations, "
+      f"{cfg['inner']} inner steps per outer step (DrMAD: a trajectory of "
+      f"{cfg['inner']} steps inside the hyper-step). Speed-up = HippoTrainer "
+      "time / hippojax time, median of interleaved rounds, wall-clock (and "
+      f"process CPU time); goal ≥ {TORCH_GOAL:g}× on the JAX path. Torch "
+      f"runs on {cfg['torch_threads']} thread(s). Device: {data['device']}.",
+      ""]
+  header = ["model", "weights", "method", "HippoTrainer hyper-step ms",
+            "JAX path ms", "JAX path speed-up", "callback ms",
+            "callback speed-up", "HippoTrainer outer step ms",
+            "JAX path outer ms", "JAX path outer speed-up",
+            "callback outer ms", "callback outer speed-up"]
+  rows = []
+  for name, prob in data["problems"].items():
+    for method in METHODS:
+      e = prob["methods"][method]
+      row = [f"`{name}`", prob["weights"], LABELS.get(method, "Neumann")]
+      for label in ("hyper_step", "outer_step"):
+        if e["hippotrainer_error"]:
+          row += ["fails"]
+          for side in ("jax path", "callback path"):
+            row += [e[label][side]["ms"], "–"]
+          continue
+        row += [e[label]["jax path"]["ms"]]
+        for side in ("jax path", "callback path"):
+          r = e[label][side]
+          row += [r["baseline_ms"], _speedup(r)]
+      rows.append(row)
+  md += [_common.table(header, rows), ""]
+  goal = data["goal"]
+  md += [f"Paths taken: " + "; ".join(
+      f"`{n}`: {p['paths']['jax path']}" for n, p in data["problems"].items())
+         + ". Goal (JAX path ≥ "
+         f"{TORCH_GOAL:g}× HippoTrainer, every method and size where "
+         f"HippoTrainer runs, hyper-step and outer step): "
+         f"{'met' if goal['met'] else 'not met'}; slowest "
+         f"{goal['min_ratio']:.1f}× ({goal['where']}).", "",
+         "HippoTrainer's `DRMAD` raises on models with more than one layer "
+         "(it updates the weights in place, then differentiates through "
+         "them); there only hippojax's times are given.", "",
+         "GPU: not measured. No GPU was available for this run; the JAX "
+         "path runs unchanged on one (JAX picks the device), and the "
+         "callback path then needs `device=\"cuda\"` for torch.", ""]
+  return "\n".join(md)
+
+
+def torch_main(args):
+  if args.render:
+    data = _common.read("vs_hippotrainer_torch", args.out)
+    _common.write("vs_hippotrainer_torch", data, torch_markdown(data),
+                  args.out)
+    return
+  torch.set_num_threads(1)
+  load_before = _common.load()
+  start = time.perf_counter()
+  if args.quick:
+    cfg = dict(k=5, inner=5, repeats=3, sizes=("seed",))
+  else:
+    cfg = dict(k=10, inner=20, repeats=11, sizes=TORCH_SIZES)
+  cfg["torch_threads"] = torch.get_num_threads()
+  problems = {}
+  for name in cfg["sizes"]:
+    problems[name] = torch_speed(name, cfg["k"], cfg["inner"],
+                                 cfg["repeats"] if name != "mlp1m" else 5)
+  worst = (float("inf"), "")
+  for name, prob in problems.items():
+    for method, e in prob["methods"].items():
+      for label in ("hyper_step", "outer_step"):
+        if not e["hippotrainer_error"]:
+          r = e[label]["jax path"]["ratio"]
+          worst = min(worst, (r, f"`{name}` {method} {label}"))
+  goal = {"goal": TORCH_GOAL, "min_ratio": worst[0], "where": worst[1],
+          "met": worst[0] >= TORCH_GOAL}
+  dev = jax.devices()[0]
+  data = dict(quick=args.quick, config=cfg, problems=problems, goal=goal,
+              device=f"{dev.platform} ({dev.device_kind})",
+              command=_common.command(), machine=_common.machine(),
+              cpu=_common.cpu_model(), torch=torch.__version__,
+              load_before=load_before, load_after=_common.load(),
+              seconds=time.perf_counter() - start)
+  _common.write("vs_hippotrainer_torch", data, torch_markdown(data),
+                args.out)
+  print(torch_markdown(data))
+
+
 def outcome(name, k, inner, outer_steps, hyper_lr):
   prob = build(name, jnp.float32)
   loss = lambda w, batch: float(prob.jax_val(w, None, batch))
@@ -741,7 +914,14 @@ def markdown(data) -> str:
 
 
 def main():
-  args = _common.parser(__doc__).parse_args()
+  parser = _common.parser(__doc__)
+  parser.add_argument("--torch-models", action="store_true",
+                      help="only the speed of torch-defined models, on "
+                      "hippojax.torch's JAX and callback paths")
+  args = parser.parse_args()
+  if args.torch_models:
+    torch_main(args)
+    return
   torch.set_num_threads(1)  # fastest for these sizes; JAX shares the cores
   load_before = _common.load()
   start = time.perf_counter()

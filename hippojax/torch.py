@@ -11,8 +11,13 @@ gives every hippojax algorithm a PyTorch model::
   params = hippojax.torch.params_of(net)
   hg = hippojax.hoag(step, val, hparams, params, train_batch, val_batch)
 
-See ``docs/pytorch.md`` for a walk-through, where data is copied, GPU notes and
-limits.
+Torch code built from the supported layers and losses is translated into
+compiled JAX functions (``step.translation(params, hparams, batch).path ==
+"jax"``); anything else runs in torch through callbacks, with a
+:class:`TorchFallbackWarning` naming what forced it.
+
+See ``docs/pytorch.md`` for a walk-through, the supported layers, where data
+is copied, GPU notes and limits.
 """
 
 import importlib.util
@@ -22,6 +27,8 @@ if importlib.util.find_spec("torch") is None:  # pragma: no cover
                     "'hippojax[torch]'.")
 
 from hippojax._src.torch_shim import FunctionalModule
+from hippojax._src.torch_export import Translation
+from hippojax._src.torch_shim import TorchFallbackWarning
 from hippojax._src.torch_shim import TorchFunction
 from hippojax._src.torch_shim import functional
 from hippojax._src.torch_shim import gradient_step
@@ -31,7 +38,9 @@ from hippojax._src.torch_shim import wrap
 
 __all__ = (
     "FunctionalModule",
+    "TorchFallbackWarning",
     "TorchFunction",
+    "Translation",
     "functional",
     "gradient_step",
     "load_params",

@@ -6,8 +6,11 @@
 # `hippojax.torch` turns a `torch.nn.Module` and torch losses into the pure
 # functions every hippojax algorithm takes, `train_step(params, hparams,
 # batch)` and `val_loss(params, hparams, batch)`. The model and the losses
-# stay in torch; JAX calls into them (and into `torch.func` for their
-# derivatives) while it runs the hypergradient algorithm and the outer loop.
+# are written in torch. Built from standard layers, they are translated
+# (once, by `torch.export`) into compiled JAX functions with the same
+# parameter names and numbers, so the hypergradient algorithm, the inner
+# training and the outer loop all run as one XLA program. Code outside the
+# translated set runs in torch itself, through callbacks.
 #
 # Here: a torch MLP on scikit-learn's two moons, trained on few noisy points
 # so that it overfits, with one weight decay per layer tuned by HOAG.
@@ -74,9 +77,11 @@ def val_loss(params, hparams, batch):
 # %% [markdown]
 # ## The same functions, as JAX functions
 #
-# `gradient_step` builds `train_step` = $w - \eta \nabla_w L_{train}$ in
-# torch; `wrap` makes any torch function callable and differentiable from
-# JAX; `params_of` copies the module's weights into a dict of JAX arrays.
+# `gradient_step` builds `train_step` = $w - \eta \nabla_w L_{train}$ from
+# the torch loss; `wrap` makes any torch function callable and
+# differentiable from JAX; `params_of` copies the module's weights into a
+# dict of JAX arrays. `translation` tells which path a function takes:
+# `"jax"` (translated) or `"callback"` (torch called from JAX), and why.
 
 # %%
 step = hippojax.torch.gradient_step(train_loss, learning_rate=0.5)
@@ -84,6 +89,8 @@ val_fn = hippojax.torch.wrap(val_loss)
 params = hippojax.torch.params_of(net)  # {"0.weight": Array, "0.bias": ..., ...}
 print({name: p.shape for name, p in params.items()})
 hparams = {name: jnp.float32(-7.0) for name in ("0.weight", "2.weight", "4.weight")}
+print(step.translation(params, hparams, train).path,
+      val_fn.translation(params, hparams, val).path)
 
 # %% [markdown]
 # ## The outer loop
@@ -91,8 +98,9 @@ hparams = {name: jnp.float32(-7.0) for name in ("0.weight", "2.weight", "4.weigh
 # Exactly as for a JAX model: `hippojax.hypergradient(method="hoag")` chained
 # with Adam, inside one jitted outer step: `INNER_STEPS` warm-started
 # training steps, the hypergradient at the weights reached, an Adam step on
-# the log weight decays. Under `jax.jit` every call into torch is a
-# `jax.pure_callback`. For comparison, the same network trains for the same
+# the log weight decays. On the JAX path the torch model is part of the
+# compiled program (on the callback path each call into torch would be a
+# `jax.pure_callback`). For comparison, the same network trains for the same
 # number of steps with the initial (tiny) weight decays.
 
 # %%

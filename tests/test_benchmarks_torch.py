@@ -84,3 +84,25 @@ def test_hoag_and_t1t2_match_their_definitions(results):
     assert acc["t1t2"]["hippojax"]["vs_own"]["rel_err"] < 1e-10
     # HippoTrainer's T1T2 leaves out the inner learning rate.
     assert acc["t1t2"]["hippotrainer"]["vs_own"]["rel_err"] > 0.5
+
+
+@pytest.mark.slow
+def test_torch_models_section_runs_on_both_paths(tmp_path):
+  """``--torch-models --quick``: every method timed on the JAX path (which
+  the seed-sized model takes) and on the callback path."""
+  subprocess.run(
+      [sys.executable, "vs_hippotrainer.py", "--torch-models", "--quick",
+       "--out", str(tmp_path)],
+      cwd=ROOT / "benchmarks", check=True, capture_output=True, timeout=900)
+  data = json.loads((tmp_path / "vs_hippotrainer_torch.json").read_text())
+  assert (tmp_path / "vs_hippotrainer_torch.md").read_text().startswith("## ")
+  assert data["quick"] is True and data["problems"]
+  for problem in data["problems"].values():
+    assert problem["paths"] == {"jax path": "jax",
+                                "callback path": "callback"}
+    for method in METHODS:
+      entry = problem["methods"][method]
+      for label in ("hyper_step", "outer_step"):
+        for side in ("jax path", "callback path"):
+          assert entry[label][side]["ms"] > 0
+  assert data["goal"]["min_ratio"] > 0

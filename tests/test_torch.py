@@ -1,7 +1,10 @@
 """Tests of ``hippojax.torch``: PyTorch functions inside every algorithm.
 
 The same MLP is written in torch and in JAX with the same weights; each
-hypergradient method must give the same answer on both, in float64.
+hypergradient method must give the same answer on both, in float64. The torch
+functions here take the callback path (``path="callback"``), the fallback for
+code outside the translated set; ``test_torch_translate.py`` tests the JAX
+path against it.
 """
 
 import pathlib
@@ -104,8 +107,8 @@ def mlp():
       net=net, params=params, w_star=w_star, hparams=hparams, train=train,
       val=val, batches=batches, w_t=jax.jit(JAX_STEP)(params, hparams, train),
       train_loss=torch_train_loss,
-      step=hjt.gradient_step(torch_train_loss, LR),
-      val_loss=hjt.wrap(torch_val_loss))
+      step=hjt.gradient_step(torch_train_loss, LR, path="callback"),
+      val_loss=hjt.wrap(torch_val_loss, path="callback"))
 
 
 def _methods(ns, step, val):
@@ -153,7 +156,7 @@ def test_same_hypergradients_as_jax_under_jit(mlp, method):
 
 def test_forward_over_reverse_products_match_jax(mlp):
   """A step that declares no symmetry gets J·v from torch.func.jvp."""
-  undeclared = hjt.wrap(mlp.step.fn, name="undeclared")
+  undeclared = hjt.wrap(mlp.step.fn, name="undeclared", path="callback")
   assert not undeclared.symmetric_jacobian
   run = lambda step, val: hippojax.hoag(
       step, val, mlp.hparams, mlp.w_star, mlp.train, mlp.val, tol=1e-12,
@@ -233,7 +236,7 @@ def test_products_at_one_point_reuse_one_torch_graph(mlp):
     return mlp.train_loss(p, h, batch)
 
   def fresh_step():
-    return hjt.gradient_step(counting_loss, LR)
+    return hjt.gradient_step(counting_loss, LR, path="callback")
 
   def run(step, w):
     return hippojax.hoag(step, mlp.val_loss, mlp.hparams, w, mlp.train,
@@ -267,7 +270,8 @@ def test_concurrent_calls_on_one_module_are_serialised():
                             torch.nn.Linear(16, 1))
   originals = list(net.parameters())
   model = hjt.functional(net)
-  grad = jax.grad(hjt.wrap(lambda p, x: (model(p, x)**2).mean()))
+  grad = jax.grad(hjt.wrap(lambda p, x: (model(p, x)**2).mean(),
+                           path="callback"))
   params, x = hjt.params_of(net), jnp.ones((16, 8), jnp.float32)
   want = grad(params, x)
   failures = []

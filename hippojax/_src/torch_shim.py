@@ -291,6 +291,13 @@ def _input_aval(path, x) -> jax.core.ShapedArray:
   return jax.core.ShapedArray(aval.shape, aval.dtype)
 
 
+class TorchFallbackWarning(UserWarning):
+  """A wrapped torch function takes the (slower) callback path."""
+
+
+_PATHS = ("auto", "jax", "callback")
+
+
 @dataclasses.dataclass(frozen=True)
 class TorchFunction:
   """A PyTorch function, callable on JAX arrays and differentiable by JAX.
@@ -307,12 +314,19 @@ class TorchFunction:
       symmetric (gradient steps); read by the implicit methods.
     device: torch device on which ``fn`` runs under ``jax.jit`` (``None``:
       the CPU); inputs are moved there and outputs back.
+    path: ``"auto"`` (translate into JAX where the function's operations
+      allow, else call torch), ``"jax"`` (translate or raise) or
+      ``"callback"`` (always call torch). :meth:`translation` says which
+      path a call takes.
   """
 
   fn: Callable
   name: str
   symmetric_jacobian: bool = False
   device: str | None = None
+  path: str = "auto"
+  _translations: dict = dataclasses.field(default_factory=dict, compare=False,
+                                          hash=False, repr=False)
   _specs: dict = dataclasses.field(default_factory=dict, compare=False,
                                    hash=False, repr=False)
   _probed: dict = dataclasses.field(default_factory=dict, compare=False,
@@ -325,13 +339,69 @@ class TorchFunction:
     return None if self.device is None else torch.device(self.device)
 
   def __call__(self, *args):
+    spec, leaves = self._spec_of(args)
+    translated = self._translate(spec)[1]
+    if translated is not None:
+      outs = translated(*leaves)
+    else:
+      outs = _call_p.bind(*leaves, spec=spec)
+    return jax.tree.unflatten(spec.out_tree, outs)
+
+  def translation(self, *args):
+    """Which path a call with these arguments takes, and why.
+
+    Args:
+      *args: arguments as for a call (arrays, or anything with ``shape`` and
+        ``dtype`` such as ``jax.ShapeDtypeStruct``); only their structure,
+        shapes and dtypes matter.
+
+    Returns:
+      A ``Translation(path, reason, ops)``: ``path`` is ``"jax"`` (a compiled
+      JAX function translated from the torch code) or ``"callback"`` (torch
+      called through ``jax.pure_callback``); ``reason`` says why the callback
+      path is taken; ``ops`` lists the ATen operators involved.
+
+    Examples:
+      >>> import jax.numpy as jnp, hippojax.torch
+      >>> f = hippojax.torch.wrap(lambda x: (x.tanh() ** 2).sum())
+      >>> f.translation(jnp.ones(3)).path
+      'jax'
+    """
+    args = jax.tree.map(
+        lambda x: jnp.zeros(x.shape, x.dtype)
+        if isinstance(x, jax.ShapeDtypeStruct) else x, args)
+    spec, _ = self._spec_of(args)
+    return self._translate(spec)[0]
+
+  def _spec_of(self, args):
     flat, in_tree = jax.tree_util.tree_flatten_with_path(args)
     in_avals = tuple(_input_aval(path, x) for path, x in flat)
     leaves = [x if isinstance(x, jax.Array) else jnp.asarray(x)
               for _, x in flat]
-    spec = self._spec(in_tree, in_avals)
-    outs = _call_p.bind(*leaves, spec=spec)
-    return jax.tree.unflatten(spec.out_tree, outs)
+    return self._spec(in_tree, in_avals), leaves
+
+  def _translate(self, spec: "_Spec"):
+    """``(Translation, jax_fn or None)`` for one signature, cached."""
+    key = (spec.in_tree, spec.in_avals)
+    hit = self._translations.get(key)
+    if hit is not None:
+      return hit
+    from hippojax._src import torch_export  # pylint: disable=g-import-not-at-top
+    if self.path == "callback":
+      hit = (torch_export.Translation(
+          "callback", "path='callback' was asked for", ()), None)
+    else:
+      hit = torch_export.translate(spec)
+      if hit[1] is None and self.path == "jax":
+        raise ValueError(
+            f"{self.name} cannot be translated into JAX (path='jax'): "
+            f"{hit[0].reason}. Use path='auto' to run it in torch instead.")
+      if hit[1] is None:
+        warnings.warn(f"{self.name} runs in torch through callbacks (slower "
+                      f"than the JAX path): {hit[0].reason}",
+                      TorchFallbackWarning, stacklevel=4)
+    self._translations[key] = hit
+    return hit
 
   def clear_cache(self) -> None:
     """Drops the pullbacks kept for repeated products at one point.
@@ -688,10 +758,25 @@ def _check_device(device) -> str | None:
                   f"torch.device, got {device!r}.")
 
 
+def _check_path(path) -> str:
+  if path not in _PATHS:
+    raise ValueError(f"path must be one of {_PATHS}, got {path!r}.")
+  return path
+
+
 def wrap(fn: Callable, *, name: str | None = None,
          symmetric_jacobian: bool = False,
-         device: str | torch.device | None = None) -> TorchFunction:
+         device: str | torch.device | None = None,
+         path: str = "auto") -> TorchFunction:
   r"""Makes a PyTorch function callable and differentiable from JAX.
+
+  Functions built from the supported operations (``docs/pytorch.md``) are
+  translated, once per input signature, into a compiled JAX function
+  (``torch.export`` to core ATen, then ``jax.numpy``/``jax.lax``): same
+  inputs, same numbers, XLA speed, derivatives of any order. Anything else
+  runs in torch through callbacks, described next, with a
+  :class:`TorchFallbackWarning` naming what forced it;
+  :meth:`TorchFunction.translation` tells which path a call takes.
 
   ``fn`` takes and returns pytrees (dicts, tuples, lists) of torch tensors,
   e.g. ``train_step(params, hparams, batch) -> params`` written with
@@ -716,9 +801,12 @@ def wrap(fn: Callable, *, name: str | None = None,
     symmetric_jacobian: declare that ``fn`` is a train step whose Jacobian
       ``∂Φ/∂w`` is symmetric (a plain gradient step), so the implicit methods
       may use forward-mode products.
-    device: torch device to run ``fn`` on under ``jax.jit``, e.g. ``"cuda"``
-      for a model on the GPU (``None``: the CPU). Eager calls run on the
-      device of the JAX arrays (DLPack), moved to ``device`` if given.
+    device: torch device to run ``fn`` on under ``jax.jit`` on the callback
+      path, e.g. ``"cuda"`` for a model on the GPU (``None``: the CPU). Eager
+      calls run on the device of the JAX arrays (DLPack), moved to ``device``
+      if given. The JAX path runs where JAX runs.
+    path: ``"auto"`` (the JAX path where possible), ``"jax"`` (the JAX path
+      or a ``ValueError`` saying what prevents it) or ``"callback"``.
 
   Returns:
     A hashable :class:`TorchFunction`, usable as ``train_step`` or
@@ -743,7 +831,7 @@ def wrap(fn: Callable, *, name: str | None = None,
   if name is None:
     name = getattr(fn, "__qualname__", None) or type(fn).__name__
   return TorchFunction(fn, str(name), bool(symmetric_jacobian),
-                       _check_device(device))
+                       _check_device(device), _check_path(path))
 
 
 def _copy_to_jax(t: torch.Tensor, what: str) -> jax.Array:
@@ -942,13 +1030,17 @@ class _TorchGradientStep:
 
 
 def gradient_step(loss: Callable, learning_rate: float | Callable, *,
-                  device: str | torch.device | None = None) -> TorchFunction:
+                  device: str | torch.device | None = None,
+                  path: str = "auto") -> TorchFunction:
   r"""A gradient-descent ``train_step`` from a torch training loss.
 
   .. math::
      \Phi(w, \lambda, b) = w - \eta(\lambda, b)\, \nabla_w L(w, \lambda, b),
 
-  computed in torch with ``torch.func.grad`` and wrapped with :func:`wrap`.
+  On the JAX path (see :func:`wrap`) ``loss`` and a callable
+  ``learning_rate`` are translated into JAX and the gradient is
+  ``jax.grad``'s; on the callback path the step is computed in torch with
+  ``torch.func.grad`` and wrapped with :func:`wrap`.
   It declares a symmetric Jacobian, like :func:`hippojax.gradient_step`.
   Every hypergradient method differentiates this step, which needs second
   derivatives of ``loss``: all its operations must support double backward.
@@ -958,6 +1050,7 @@ def gradient_step(loss: Callable, learning_rate: float | Callable, *,
     learning_rate: a number, or a torch ``(hparams, batch) -> scalar tensor``
       to tune it with the unrolled methods.
     device: as in :func:`wrap`.
+    path: as in :func:`wrap`.
 
   Returns:
     A hashable JAX ``train_step(params, hparams, batch) -> params``.
@@ -984,4 +1077,4 @@ def gradient_step(loss: Callable, learning_rate: float | Callable, *,
   name = getattr(loss, "__qualname__", None) or type(loss).__name__
   return wrap(_TorchGradientStep(loss, learning_rate),
               name=f"gradient_step({name})", symmetric_jacobian=True,
-              device=device)
+              device=device, path=path)
