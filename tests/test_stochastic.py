@@ -1,0 +1,181 @@
+"""Single-loop stochastic solvers (SOBA, SABA, AmIGO) on a closed-form problem.
+
+The loops below are the user-written single-loop training loops of the
+docs: per minibatch, one SGD step on the weights (SABA: its variance-reduced
+step), one transform update on fresh minibatches, one SGD step on ``λ``.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import hippojax
+from hippojax._src.stochastic import quadratic
+
+jax.config.update("jax_enable_x64", True)
+
+BATCH = 32
+
+
+@functools.cache
+def _problem():
+  return quadratic.stochastic_quadratic(seed=0)
+
+
+def _epochs(seed, n, steps, size):
+  """Minibatch indices: shuffled epochs, distinct examples in each batch."""
+  rng = np.random.default_rng(seed)
+  per = n // size
+  perms = [rng.permutation(n)[:per * size].reshape(per, size)
+           for _ in range(-(-steps // per))]
+  return jnp.asarray(np.concatenate(perms)[:steps])
+
+
+def _run(tx, kind, steps, outer_lr=0.02, seed=1):
+  """Runs the single-loop training loop; returns the averaged last half of
+  the hyperparameter iterates, the last iterate and the final state."""
+  prob = _problem()
+  step = prob.train_step
+  w = jnp.zeros(prob.params_star.shape)
+  lam = jnp.zeros(prob.hparams_star.shape)
+  state = tx.init(lam)
+
+  def one(carry, idx):
+    w, lam, state = carry
+    ti, vi = idx
+    tb = jax.tree.map(lambda a: a[ti], prob.train_data)
+    vb = jax.tree.map(lambda a: a[vi], prob.val_data)
+    # amigo: ti, vi index a stack of 4 fresh minibatches for its linear steps
+    g, state = tx.update(None, state, lam, inner_params=w, train_batch=tb,
+                         val_batch=vb, train_indices=ti, val_indices=vi)
+    if kind == "saba":
+      w = w + state.inner_step
+    else:
+      w = step(w, lam, jax.tree.map(lambda a: a[0], tb) if kind == "amigo"
+               else tb)
+    lam = optax.apply_updates(lam, jax.tree.map(lambda x: -outer_lr * x, g))
+    return (w, lam, state), lam
+
+  m = 4 if kind == "amigo" else 1
+  ti = _epochs(seed, 2000, steps * m, BATCH)
+  vi = _epochs(seed + 1, 1000, steps * m, BATCH)
+  if kind == "amigo":
+    ti, vi = ti.reshape(steps, m, BATCH), vi.reshape(steps, m, BATCH)
+  (w, lam, state), lams = jax.jit(lambda c, i: jax.lax.scan(one, c, i))(
+      (w, lam, state), (ti, vi))
+  return np.asarray(lams[steps // 2:].mean(0)), np.asarray(lam), state
+
+
+def _rel(a, b):
+  return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def test_soba_reaches_the_optimal_hyperparameters():
+  prob = _problem()
+  tx = hippojax.soba(prob.train_step, prob.val_loss,
+                     inner_params_like=jnp.zeros(5))
+  avg, _, state = _run(tx, "soba", 4000)
+  assert _rel(avg, prob.hparams_star) < 0.05
+  assert int(state.count) == 4000 and int(state.num_refused) == 0
+
+
+def test_saba_reaches_the_optimal_hyperparameters_exactly():
+  prob = _problem()
+  tx = hippojax.saba(prob.train_step, prob.val_loss,
+                     inner_params_like=jnp.zeros(5), num_train=2000,
+                     num_val=1000)
+  avg, last, state = _run(tx, "saba", 4000)
+  # Variance reduction: the last iterate itself converges, not only the mean.
+  assert _rel(last, prob.hparams_star) < 0.01
+  assert _rel(avg, prob.hparams_star) < 0.02
+  assert float(state.residual) < 1e-3
+
+
+def test_amigo_reaches_the_optimal_hyperparameters():
+  prob = _problem()
+  tx = hippojax.amigo(prob.train_step, prob.val_loss,
+                      inner_params_like=jnp.zeros(5), linear_steps=4)
+  avg, _, _ = _run(tx, "amigo", 4000)
+  assert _rel(avg, prob.hparams_star) < 0.05
+
+
+def _tiny(method, **kw):
+  loss = lambda w, lam, b: 0.5 * jnp.sum((w - b) ** 2 + lam * w**2)
+  step = hippojax.gradient_step(loss, 0.2)
+  val = lambda w, lam, b: 0.5 * jnp.sum((w - 0.5) ** 2)
+  return getattr(hippojax, method)(step, val, inner_params_like=jnp.zeros(2),
+                                   **kw)
+
+
+@pytest.mark.parametrize("method", ["soba", "amigo"])
+def test_non_finite_hypergradient_is_refused_and_q_kept(method):
+  tx = _tiny(method, **({"linear_steps": 1} if method == "amigo" else {}))
+  state = tx.init(jnp.asarray(1.0))
+  w, b = jnp.full(2, 0.4), jnp.ones(2)
+  g, state = tx.update(None, state, jnp.asarray(1.0), inner_params=w,
+                       train_batch=b, val_batch=None)
+  q = state.q
+  assert float(jnp.abs(q).sum()) > 0
+  g, state = tx.update(None, state, jnp.asarray(1.0),
+                       inner_params=w.at[0].set(jnp.nan), train_batch=b,
+                       val_batch=None)
+  assert float(g) == 0.0 and int(state.num_refused) == 1
+  np.testing.assert_array_equal(state.q, q)
+
+
+def test_update_compiles_once():
+  tx = _tiny("soba")
+  traces = []
+
+  @jax.jit
+  def step(state, lam, w, b):
+    traces.append(1)
+    return tx.update(None, state, lam, inner_params=w, train_batch=b)
+
+  state = tx.init(jnp.asarray(1.0))
+  for i in range(3):
+    _, state = step(state, jnp.asarray(1.0 + i), jnp.full(2, 0.1 * i),
+                    jnp.ones(2))
+  assert len(traces) == 1
+
+
+def test_errors_name_the_argument():
+  with pytest.raises(TypeError, match="inner_params_like"):
+    hippojax.soba(lambda w, l, b: w, lambda w, l, b: 0.0)
+  with pytest.raises(ValueError, match="linear_rate"):
+    _tiny("soba", linear_rate=0.0)
+  with pytest.raises(ValueError, match="linear_steps"):
+    _tiny("amigo", linear_steps=0)
+  with pytest.raises(TypeError, match="num_train"):
+    _tiny("saba")
+  tx = _tiny("soba")
+  with pytest.raises(TypeError, match="inner_params"):
+    tx.update(None, tx.init(jnp.asarray(1.0)), jnp.asarray(1.0))
+  with pytest.raises(ValueError, match=r"inner_params has shape \(3,\)"):
+    tx.update(None, tx.init(jnp.asarray(1.0)), jnp.asarray(1.0),
+              inner_params=jnp.zeros(3), train_batch=jnp.ones(3))
+  tx = _tiny("amigo", linear_steps=3)
+  with pytest.raises(ValueError, match="stack of 3 minibatches"):
+    tx.update(None, tx.init(jnp.asarray(1.0)), jnp.asarray(1.0),
+              inner_params=jnp.zeros(2), train_batch=jnp.ones((2, 2)))
+
+
+def test_saba_memory_is_measured_and_refused_when_too_large():
+  like_w = jnp.zeros((10, 10))  # P = 100
+  like_h = jnp.zeros(20)  # H = 20
+  need = hippojax.saba_memory_bytes(like_w, like_h, 1000, 500)
+  assert need == 8 * ((2 * 100 + 20) * 1001 + (100 + 20) * 501)
+  prob = _problem()
+  tx = hippojax.saba(prob.train_step, prob.val_loss, inner_params_like=like_w,
+                     num_train=1000, num_val=500, max_memory_bytes=need - 1)
+  with pytest.raises(ValueError, match="saba's memories need"):
+    tx.init(like_h)
+  tx = hippojax.saba(prob.train_step, prob.val_loss, inner_params_like=like_w,
+                     num_train=1000, num_val=500, max_memory_bytes=need)
+  state = tx.init(like_h)
+  held = sum(x.nbytes for x in jax.tree.leaves(state[6:]))
+  assert held == need
