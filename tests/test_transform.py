@@ -273,7 +273,11 @@ def test_nonfinite_hypergradient_is_refused():
   assert bool(jnp.all(jnp.isfinite(theta)))
   assert int(state[0].num_refused) == 1 and int(state[0].count) == 2
   assert bool(jnp.isnan(state[0].value)) and not bool(state[0].converged)
-  np.testing.assert_array_equal(state[0].warm_start, warm)
+  # A refused solve is not reused: the warm start resets to zero (it was not
+  # zero before) and the damping rises from 0 for the next solve.
+  assert float(jnp.linalg.norm(warm)) > 0
+  np.testing.assert_array_equal(state[0].warm_start, jnp.zeros_like(warm))
+  assert float(state[0].damping) > 0
   # The hypergradient part of the update is zero; incoming updates pass.
   hg = hypergradient(STEP, val_loss, method="t1t2")
   u, s = hg.update(jnp.ones(D), hg.init(THETA0), THETA0, inner_params=w,

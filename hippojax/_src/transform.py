@@ -1,15 +1,16 @@
 r"""Hypergradients as an optax transform: ``optax.chain(hypergradient, adam)``.
 
-:func:`hypergradient` wraps any of the pure algorithms (``t1t2``, ``ift``,
-``hoag``, ``implicit_hypergrad``, ``reverse``, ``forward``, ``drmad``) in an
-``optax.GradientTransformationExtraArgs`` whose ``params`` are the
-hyperparameters ``λ``. It emits ``dL_val/dλ`` as its updates, so any optax
-optimiser placed after it in a chain turns it into a hyperparameter
-optimiser. Its state carries what the method needs between outer steps.
+:func:`hypergradient` wraps any registered method (``t1t2``, ``ift``,
+``hoag``, ``implicit``, ``reverse``, ``forward``, ``drmad``; see
+:mod:`hippojax._src.methods`) in an ``optax.GradientTransformationExtraArgs``
+whose ``params`` are the hyperparameters ``λ``. It emits ``dL_val/dλ`` as its
+updates, so any optax optimiser placed after it in a chain turns it into a
+hyperparameter optimiser. This module holds what every method shares: the
+state, the checks of ``update``'s arguments and the refusal of bad
+hypergradients; each method's own logic lives in its own object.
 """
 
-import dataclasses
-import functools
+import difflib
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -17,14 +18,16 @@ import jax.numpy as jnp
 import optax
 
 from hippojax._src import checks
-from hippojax._src import implicit as implicit_lib
-from hippojax._src import solvers as solvers_lib
-from hippojax._src import unrolled as unrolled_lib
+from hippojax._src import methods as methods_lib
 from hippojax._src.base import all_finite
-from hippojax._src.base import HyperGrad
-from hippojax._src.one_step import t1t2
 
 PyTree = Any
+
+#: Every extra argument a hippojax method reads. An unknown extra argument is
+#: ignored (``optax.chain`` forwards every extra argument to every member),
+#: unless it is a near miss of one of these.
+EXTRA_ARGUMENTS = ("inner_params", "train_batch", "val_batch", "params0",
+                   "train_batches")
 
 
 class HypergradientState(NamedTuple):
@@ -32,24 +35,29 @@ class HypergradientState(NamedTuple):
 
   Attributes:
     count: int32, number of ``update`` calls (outer steps) so far.
-    num_refused: int32, number of outer steps whose hypergradient was not
-      finite and was replaced by zeros.
+    num_refused: int32, number of outer steps whose hypergradient was refused
+      (not finite, or a residual above ``max_residual``) and replaced by zeros.
     value: the validation loss reported by the last hypergradient (``nan``
       before the first update). Same dtype as the hyperparameters.
     num_iters: int32, iterations of the last linear solve (implicit methods)
       or ``train_step`` VJPs (``t1t2``: 1, unrolled: T); ``0`` before the
       first update.
-    residual: relative residual of the last linear solve (``0`` for the
-      direct methods, ``nan`` before the first update or when non-finite).
-    converged: bool, the last solve reached its tolerance with finite values
-      (direct methods: the result was finite).
+    residual: certified relative residual of the last linear solve (``0`` for
+      the direct methods, ``nan`` before the first update or when non-finite).
+    converged: bool, the last hypergradient's ``info.converged``.
     tol: the tolerance the *next* linear solve uses. For ``"hoag"`` it
       follows the schedule ``max(tol · decay^k, min_tol)``; for ``"ift"`` and
       ``"implicit"`` it is the solver's fixed ``tol``; ``0`` for methods
       without a linear solve.
-    warm_start: the last finite linear-system solution ``q``, shaped like the
-      inner parameters, used to warm-start the next solve (``"hoag"`` and
-      ``"implicit"`` built with ``inner_params_like=``); ``None`` otherwise.
+    warm_start: the linear-system solution carried to the next solve, shaped
+      like the inner parameters (``"hoag"`` and ``"implicit"`` built with
+      ``inner_params_like=``), reset to zero after a refused or diverged
+      solve; ``None`` otherwise.
+    damping: the damping ``δ`` of the next linear solve (adapted, see
+      :class:`hippojax._src.methods.implicit.Implicit`); ``0`` without one.
+    fixed_point_residual: the last ``info.fixed_point_residual``.
+    curvature: the last ``info.curvature`` (CG's smallest Rayleigh quotient).
+    extra: method-specific state, or ``None``.
   """
 
   count: jax.Array
@@ -60,98 +68,24 @@ class HypergradientState(NamedTuple):
   converged: jax.Array
   tol: jax.Array
   warm_start: PyTree
+  damping: jax.Array
+  fixed_point_residual: jax.Array
+  curvature: jax.Array
+  extra: PyTree
 
 
-@dataclasses.dataclass(frozen=True)
-class _Method:
-  required: tuple[str, ...]  # extra arguments update() cannot do without
-  options: frozenset[str]  # keyword options accepted by the factory
-
-
-_COMMON = frozenset({"symmetric"})
-_METHODS = {
-    "t1t2": _Method(("inner_params",), frozenset()),
-    "ift": _Method(("inner_params",), _COMMON | {"num_iters", "tol"}),
-    "hoag": _Method(("inner_params",), _COMMON | {
-        "tol", "decay", "min_tol", "maxiter", "inner_params_like"}),
-    "implicit": _Method(("inner_params",),
-                        _COMMON | {"solver", "inner_params_like"}),
-    "reverse": _Method(("params0", "train_batches"),
-                       frozenset({"remat", "num_steps"})),
-    "forward": _Method(("params0", "train_batches"), frozenset({"num_steps"})),
-    "drmad": _Method(("inner_params", "params0", "train_batches"),
-                     frozenset({"num_steps"})),
-}
-
-
-@functools.partial(jax.jit, static_argnames=("train_step", "val_loss",
-                                             "maxiter", "symmetric"))
-def _hoag_scheduled(train_step, val_loss, hparams, params, train_batch,
-                    val_batch, init, tol, *, maxiter, symmetric) -> HyperGrad:
-  """:func:`hippojax.hoag` with the tolerance ``tol`` as an array argument."""
-  return implicit_lib.implicit_core(
-      train_step, val_loss, hparams, params, train_batch, val_batch, init,
-      functools.partial(solvers_lib.conjugate_gradient, tol=tol,
-                        maxiter=maxiter), symmetric, params_name="inner_params")
-
-
-def _warm_start_like(warm: PyTree, inner_params: PyTree) -> PyTree:
-  """Checks the warm start against ``inner_params``; casts to their dtypes."""
-  if jax.tree.structure(warm) != jax.tree.structure(inner_params):
-    raise ValueError(
-        f"inner_params has pytree structure {jax.tree.structure(inner_params)}"
-        ", but the transform was built with inner_params_like of structure "
-        f"{jax.tree.structure(warm)}.")
-  for (path, q), w in zip(jax.tree_util.tree_flatten_with_path(warm)[0],
-                          jax.tree.leaves(inner_params)):
-    if q.shape != jnp.shape(w):
-      raise ValueError(
-          f"inner_params{jax.tree_util.keystr(path)} has shape "
-          f"{tuple(jnp.shape(w))}, but inner_params_like gave shape "
-          f"{tuple(q.shape)}.")
-  return optax.tree.cast_like(warm, inner_params)
-
-
-def _check_options(method: str, options: dict) -> dict:
-  """Validates ``options`` for ``method``; returns them with defaults."""
-  spec = _METHODS[method]
-  unknown = sorted(set(options) - spec.options)
-  if unknown:
-    allowed = ", ".join(sorted(spec.options)) or "none"
-    raise TypeError(
-        f"hypergradient(method={method!r}) got unknown option(s) "
-        f"{', '.join(unknown)}; options of {method!r}: {allowed}.")
-  out = dict(options)
-  symmetric = out.get("symmetric")
-  if symmetric is not None and not isinstance(symmetric, bool):
-    raise TypeError(f"symmetric must be None, True or False, got "
-                    f"{symmetric!r}.")
-  if method == "ift":
-    out["solver"] = solvers_lib.Neumann(num_iters=out.pop("num_iters", 10),
-                                        tol=out.pop("tol", 1e-3))
-  elif method == "hoag":
-    tol = checks.check_positive("tol", out.get("tol", 1e-3))
-    decay = checks.check_positive("decay", out.get("decay", 0.9))
-    if decay > 1:
-      raise ValueError(f"decay must be in (0, 1] (the tolerance shrinks by "
-                       f"this factor each outer step), got {decay!r}.")
-    min_tol = checks.check_positive("min_tol", out.get("min_tol", 1e-6))
-    if min_tol > tol:
-      raise ValueError(f"min_tol={min_tol!r} must be <= tol={tol!r}.")
-    maxiter = checks.check_int("maxiter", out.get("maxiter", 100), 1)
-    out.update(tol=tol, decay=decay, min_tol=min_tol, maxiter=maxiter)
-  elif method == "implicit":
-    out["solver"] = solvers_lib.get_solver(out.get("solver", "cg"))
-  elif method in ("reverse", "forward", "drmad"):
-    if "remat" in out:
-      out["remat"] = unrolled_lib._check_remat(  # pylint: disable=W0212
-          out["remat"])
-    if out.get("num_steps") is not None:
-      out["num_steps"] = checks.check_int("num_steps", out["num_steps"], 0)
-  if out.get("inner_params_like") is not None:
-    out["inner_params_like"] = jax.eval_shape(lambda t: t,
-                                              out["inner_params_like"])
-  return out
+def check_extra_arguments(method: str, extra: dict) -> None:
+  """Refuses near misses of known extra arguments (``val_batches``)."""
+  for key in extra:
+    if key in EXTRA_ARGUMENTS:
+      continue
+    close = difflib.get_close_matches(key, EXTRA_ARGUMENTS, n=1, cutoff=0.8)
+    if close:
+      raise TypeError(
+          f"hypergradient(method={method!r}).update got the extra argument "
+          f"{key}=...; did you mean {close[0]}=...? (Other unknown extra "
+          "arguments are ignored, since optax.chain forwards them to every "
+          "member.)")
 
 
 def hypergradient(train_step: Callable, val_loss: Callable,
@@ -272,59 +206,19 @@ def hypergradient(train_step: Callable, val_loss: Callable,
   """
   checks.check_callable("train_step", train_step)
   checks.check_callable("val_loss", val_loss)
-  if not isinstance(method, str) or method not in _METHODS:
-    raise ValueError(f"method={method!r} is not one of "
-                     f"{', '.join(repr(m) for m in _METHODS)}.")
-  opts = _check_options(method, options)
-  spec = _METHODS[method]
-  template = opts.get("inner_params_like")
-
-  if method == "hoag":
-    first_tol = opts["tol"]
-  elif method in ("ift", "implicit"):
-    first_tol = float(getattr(opts["solver"], "tol", 0.0))
-  else:
-    first_tol = 0.0
+  impl = methods_lib.build(method, options)
 
   def init_fn(hparams):
     hparams = checks.as_float_tree("hparams", hparams)
     dtype = optax.tree.dtype(hparams, "highest")
-    warm = None
-    if template is not None:
-      warm = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), template)
+    ms = impl.init(hparams, dtype)
     nan = jnp.full((), jnp.nan, dtype)
     return HypergradientState(
         count=jnp.zeros((), jnp.int32), num_refused=jnp.zeros((), jnp.int32),
         value=nan, num_iters=jnp.zeros((), jnp.int32), residual=nan,
-        converged=jnp.zeros((), bool), tol=jnp.asarray(first_tol, dtype),
-        warm_start=warm)
-
-  def compute(state, hparams, extra):
-    w = extra.get("inner_params")
-    tb, vb = extra.get("train_batch"), extra.get("val_batch")
-    if method == "t1t2":
-      return t1t2(train_step, val_loss, hparams, w, tb, vb)
-    if method in ("ift", "implicit"):
-      return implicit_lib.implicit_hypergrad(
-          train_step, val_loss, hparams, w, tb, vb, solver=opts["solver"],
-          symmetric=opts.get("symmetric"), init=state.warm_start)
-    if method == "hoag":
-      symmetric = opts.get("symmetric")
-      return _hoag_scheduled(
-          train_step, val_loss, checks.as_float_tree("hparams", hparams), w,
-          tb, vb, state.warm_start, state.tol, maxiter=opts["maxiter"],
-          symmetric=True if symmetric is None else symmetric)
-    w0, batches = extra.get("params0"), extra.get("train_batches")
-    steps = opts.get("num_steps")
-    if method == "reverse":
-      return unrolled_lib.reverse(train_step, val_loss, hparams, w0, batches,
-                                  vb, remat=opts.get("remat", False),
-                                  num_steps=steps)
-    if method == "forward":
-      return unrolled_lib.forward(train_step, val_loss, hparams, w0, batches,
-                                  vb, num_steps=steps)
-    return unrolled_lib.drmad(train_step, val_loss, hparams, w0, w, batches,
-                              vb, num_steps=steps)
+        converged=jnp.zeros((), bool), tol=ms.tol, warm_start=ms.warm_start,
+        damping=ms.damping, fixed_point_residual=nan, curvature=nan,
+        extra=ms.extra)
 
   def update_fn(updates, state, params=None, **extra):
     if params is None:
@@ -332,48 +226,38 @@ def hypergradient(train_step: Callable, val_loss: Callable,
           f"hypergradient(method={method!r}).update needs the current "
           "hyperparameters as params: tx.update(updates, state, hparams, "
           "inner_params=..., ...).")
-    missing = [k for k in spec.required if extra.get(k) is None and not (
-        k == "train_batches" and opts.get("num_steps") is not None)]
+    missing = impl.missing(extra)
     if missing:
       raise TypeError(
           f"hypergradient(method={method!r}).update is missing the keyword "
           f"argument(s) {', '.join(missing)}; call tx.update(updates, state, "
-          f"hparams, {', '.join(f'{k}=...' for k in spec.required)}, "
+          f"hparams, {', '.join(f'{k}=...' for k in impl.required)}, "
           "train_batch=..., val_batch=...).")
-    old_warm = state.warm_start
-    if old_warm is not None:
-      # The solve runs in the dtypes of inner_params.
-      state = state._replace(
-          warm_start=_warm_start_like(old_warm, extra["inner_params"]))
-    hg = compute(state, params, extra)
+    check_extra_arguments(method, extra)
+    ms = methods_lib.MethodState(state.tol, state.warm_start, state.damping,
+                                 state.extra)
+    hg, new_extra = impl.hypergrad(ms, params, extra, train_step=train_step,
+                                   val_loss=val_loss)
     # A non-finite value or residual also refuses: a solver fed a non-finite
     # right-hand side may stop at once and return a finite, stale solution.
-    finite = (all_finite(hg.grad) & jnp.isfinite(hg.value) &
-              ~jnp.isnan(hg.info.residual))
-    grad = jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)),
+    accepted = (all_finite(hg.grad) & jnp.isfinite(hg.value) &
+                ~jnp.isnan(hg.info.residual) & impl.accept(hg))
+    grad = jax.tree.map(lambda g: jnp.where(accepted, g, jnp.zeros_like(g)),
                         hg.grad)
     if updates is not None:
       grad = jax.tree.map(lambda u, g: (u + g).astype(u.dtype), updates, grad)
-
-    warm = old_warm
-    if warm is not None:
-      q = hg.info.solution
-      warm = optax.tree.where(finite & all_finite(q),
-                              optax.tree.cast_like(q, warm), warm)
-    if method == "hoag":
-      tol = jnp.maximum(state.tol * opts["decay"], opts["min_tol"])
-    else:
-      tol = state.tol
+    ms = impl.next_state(ms, hg, accepted, new_extra)
     dtype = state.value.dtype
     new_state = HypergradientState(
         count=optax.safe_increment(state.count),
-        num_refused=state.num_refused + (~finite).astype(jnp.int32),
+        num_refused=state.num_refused + (~accepted).astype(jnp.int32),
         value=jnp.asarray(hg.value, dtype),
         num_iters=jnp.asarray(hg.info.num_iters, jnp.int32),
         residual=jnp.asarray(hg.info.residual, dtype),
         converged=jnp.asarray(hg.info.converged, bool),
-        tol=tol.astype(state.tol.dtype),
-        warm_start=warm)
+        tol=ms.tol, warm_start=ms.warm_start, damping=ms.damping,
+        fixed_point_residual=jnp.asarray(hg.info.fixed_point_residual, dtype),
+        curvature=jnp.asarray(hg.info.curvature, dtype), extra=ms.extra)
     return grad, new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

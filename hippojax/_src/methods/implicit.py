@@ -1,0 +1,264 @@
+r"""The implicit methods of the transform: ``ift``, ``hoag``, ``implicit``.
+
+They share the safeguards that keep an outer loop honest on non-convex
+networks (see :class:`Implicit`): a refused hypergradient never reaches
+``λ``, a diverged solve never becomes the next warm start, and damping adapts.
+"""
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from hippojax._src import checks
+from hippojax._src import implicit as implicit_lib
+from hippojax._src import solvers as solvers_lib
+from hippojax._src.base import HyperGrad
+from hippojax._src.methods.base import Method
+from hippojax._src.methods.base import MethodState
+from hippojax._src.methods.registry import register
+
+PyTree = Any
+
+#: Adaptive damping: the first non-zero value, and the factors by which a
+#: failed solve raises it and a converged one lowers it.
+DAMPING_START = 1e-3
+DAMPING_INCREASE = 10.0
+DAMPING_DECREASE = 0.5
+DAMPING_MAX = 1e6
+
+
+@dataclasses.dataclass(frozen=True)
+class _ScheduledCG:
+  """CG whose tolerance arrives as a traced array (HOAG's schedule)."""
+
+  maxiter: int
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "train_step", "val_loss", "solver", "symmetric", "system",
+    "fixed_point_tol"))
+def _hypergrad(train_step, val_loss, hparams, params, train_batch, val_batch,
+               init, damping, tol, *, solver, symmetric, system,
+               fixed_point_tol) -> HyperGrad:
+  if isinstance(solver, _ScheduledCG):
+    solve = functools.partial(solvers_lib.conjugate_gradient, tol=tol,
+                              maxiter=solver.maxiter)
+  else:
+    solve, tol = solver, None
+  return implicit_lib.implicit_core(
+      train_step, val_loss, hparams, params, train_batch, val_batch, init,
+      solve, symmetric=symmetric, system=system, damping=damping, tol=tol,
+      fixed_point_tol=fixed_point_tol, params_name="inner_params")
+
+
+def _warm_start_like(warm: PyTree, inner_params: PyTree) -> PyTree:
+  """Checks the warm start against ``inner_params``; casts to their dtypes."""
+  if jax.tree.structure(warm) != jax.tree.structure(inner_params):
+    raise ValueError(
+        f"inner_params has pytree structure {jax.tree.structure(inner_params)}"
+        ", but the transform was built with inner_params_like of structure "
+        f"{jax.tree.structure(warm)}.")
+  for (path, q), w in zip(jax.tree_util.tree_flatten_with_path(warm)[0],
+                          jax.tree.leaves(inner_params)):
+    if q.shape != jnp.shape(w):
+      raise ValueError(
+          f"inner_params{jax.tree_util.keystr(path)} has shape "
+          f"{tuple(jnp.shape(w))}, but inner_params_like gave shape "
+          f"{tuple(q.shape)}.")
+  return optax.tree.cast_like(warm, inner_params)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Implicit(Method):
+  r"""Any solver on the implicit system, with the transform's safeguards.
+
+  * **Refusal.** A hypergradient whose certified residual exceeds
+    ``max_residual`` (default ``1``: the solve did worse than ``q = 0``), or
+    that is not finite, is replaced by zeros and counted.
+  * **Warm starts.** A refused or diverged solve resets the warm start to
+    zero instead of seeding the next solve with it.
+  * **Adaptive damping** (``adaptive_damping=True``): after a solve that met
+    non-positive curvature or was refused, the damping ``δ`` rises to
+    ``max(10 δ, 1e-3, 2 (δ − κ))`` (``κ`` CG's measured curvature, when it
+    is negative); after a converged solve it halves, down to the
+    ``damping`` option, which is the floor (default 0).
+  """
+
+  solver: Any = "cg"
+  symmetric: bool | None = None
+  system: str = "auto"
+  damping: float = 0.0
+  adaptive_damping: bool = True
+  max_residual: float = 1.0
+  fixed_point_tol: float | None = None
+  inner_params_like: Any = None
+
+  solves = True
+
+  def __post_init__(self):
+    if self.symmetric is not None and not isinstance(self.symmetric, bool):
+      raise TypeError(f"symmetric must be None, True or False, got "
+                      f"{self.symmetric!r}.")
+    if self.system not in implicit_lib.SYSTEMS:
+      raise ValueError(f"system={self.system!r} is not one of "
+                       f"{implicit_lib.SYSTEMS}.")
+    object.__setattr__(self, "damping", implicit_lib.check_damping(
+        self.damping))
+    if not isinstance(self.adaptive_damping, bool):
+      raise TypeError(f"adaptive_damping must be True or False, got "
+                      f"{self.adaptive_damping!r}.")
+    checks.check_positive("max_residual", self.max_residual)
+    implicit_lib.check_fixed_point_tol(self.fixed_point_tol)
+    if self.inner_params_like is not None:
+      object.__setattr__(self, "inner_params_like", jax.eval_shape(
+          lambda t: t, self.inner_params_like))
+
+  # The solver handed to the jitted core, and the first tolerance.
+  def _solver(self):
+    return solvers_lib.get_solver(self.solver)
+
+  def first_tol(self, dtype) -> float:
+    tol = getattr(self._solver(), "tol", None)
+    return solvers_lib.default_tol(dtype) if tol is None else tol
+
+  def next_tol(self, tol):
+    return tol
+
+  def init(self, hparams, dtype) -> MethodState:
+    del hparams
+    warm = None
+    if self.inner_params_like is not None:
+      warm = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                          self.inner_params_like)
+    return MethodState(tol=jnp.asarray(self.first_tol(dtype), dtype),
+                       warm_start=warm,
+                       damping=jnp.asarray(self.damping, dtype), extra=None)
+
+  def hypergrad(self, state, hparams, extra, *, train_step, val_loss):
+    w = extra["inner_params"]
+    warm = state.warm_start
+    if warm is not None:  # the solve runs in the dtypes of inner_params
+      warm = _warm_start_like(warm, w)
+    solver = self._solver()
+    system = implicit_lib.resolve_system(self.system, train_step, solver)
+    symmetric = implicit_lib.resolve_symmetric(self.symmetric, train_step)
+    hg = _hypergrad(
+        train_step, val_loss, checks.as_float_tree("hparams", hparams), w,
+        extra.get("train_batch"), extra.get("val_batch"), warm,
+        state.damping, state.tol, solver=solver, symmetric=symmetric,
+        system=system, fixed_point_tol=self.fixed_point_tol)
+    return hg, None
+
+  def accept(self, hg: HyperGrad) -> jax.Array:
+    return hg.info.residual <= self.max_residual
+
+  def next_state(self, state, hg, accepted, new_extra) -> MethodState:
+    info = hg.info
+    bad_curvature = info.curvature <= 0
+    diverged = ~accepted | bad_curvature
+    warm = state.warm_start
+    if warm is not None:
+      q = optax.tree.cast_like(info.solution, warm)
+      keep = accepted & jnp.isfinite(optax.tree.norm(q))
+      warm = optax.tree.where(
+          diverged, optax.tree.zeros_like(warm),
+          optax.tree.where(keep, q, warm))
+    damping = state.damping
+    if self.adaptive_damping:
+      solved = (jnp.isfinite(info.residual) & (info.residual <= state.tol) &
+                ~bad_curvature)
+      jump = jnp.where(bad_curvature & jnp.isfinite(info.curvature),
+                       2 * (damping - info.curvature), 0.0)
+      raised = jnp.maximum(jnp.maximum(DAMPING_INCREASE * damping,
+                                       DAMPING_START), jump)
+      lowered = DAMPING_DECREASE * damping
+      lowered = jnp.where(lowered < self.damping + 1e-2 * DAMPING_START,
+                          self.damping, lowered)
+      damping = jnp.where(diverged, jnp.minimum(raised, DAMPING_MAX),
+                          jnp.where(solved, lowered, damping))
+      damping = damping.astype(state.damping.dtype)
+    tol = self.next_tol(state.tol).astype(state.tol.dtype)
+    return MethodState(tol=tol, warm_start=warm, damping=damping,
+                       extra=new_extra)
+
+
+@register("ift")
+@dataclasses.dataclass(frozen=True, eq=False)
+class Ift(Implicit):
+  """``ift``: a Neumann series of ``num_iters`` terms (no warm start)."""
+
+  solver: Any = None
+  num_iters: int = 10
+  tol: float = 1e-3
+
+  @classmethod
+  def option_names(cls):
+    return tuple(n for n in super().option_names()
+                 if n not in ("solver", "system", "inner_params_like"))
+
+  def __post_init__(self):
+    super().__post_init__()
+    self._solver()  # validates num_iters and tol
+
+  def _solver(self):
+    return solvers_lib.Neumann(num_iters=self.num_iters, tol=self.tol)
+
+
+@register("hoag")
+@dataclasses.dataclass(frozen=True, eq=False)
+class Hoag(Implicit):
+  r"""HOAG: warm-started CG with the tolerance schedule of Pedregosa (2016).
+
+  The ``k``-th outer step solves to relative residual
+  ``ε_k = max(tol · decay^k, min_tol)``; ``min_tol=None`` picks a floor the
+  dtype can reach (``1e-4`` in float32, ``1e-6`` in float64).
+  """
+
+  solver: Any = None
+  tol: float = 1e-3
+  decay: float = 0.9
+  min_tol: float | None = None
+  maxiter: int = 100
+
+  @classmethod
+  def option_names(cls):
+    return tuple(n for n in super().option_names() if n != "solver")
+
+  def __post_init__(self):
+    super().__post_init__()
+    checks.check_positive("tol", self.tol)
+    decay = checks.check_positive("decay", self.decay)
+    if decay > 1:
+      raise ValueError(f"decay must be in (0, 1] (the tolerance shrinks by "
+                       f"this factor each outer step), got {decay!r}.")
+    if self.min_tol is not None:
+      min_tol = checks.check_positive("min_tol", self.min_tol)
+      if min_tol > self.tol:
+        raise ValueError(f"min_tol={min_tol!r} must be <= tol={self.tol!r}.")
+    checks.check_int("maxiter", self.maxiter, 1)
+
+  def _solver(self):
+    return _ScheduledCG(self.maxiter)
+
+  def first_tol(self, dtype) -> float:
+    return self.tol
+
+  def next_tol(self, tol):
+    floor = self.min_tol
+    if floor is None:
+      floor = min(solvers_lib.default_tol(tol.dtype), self.tol)
+    return jnp.maximum(tol * self.decay, floor)
+
+
+@register("implicit")
+@dataclasses.dataclass(frozen=True, eq=False)
+class ImplicitSolver(Implicit):
+  """``implicit_hypergrad`` with any solver (default CG), warm-started."""
+
+  def __post_init__(self):
+    super().__post_init__()
+    object.__setattr__(self, "solver", solvers_lib.get_solver(self.solver))
