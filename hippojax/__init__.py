@@ -28,12 +28,8 @@ from hippojax._src.steps import HeavyBallStep
 from hippojax._src.steps import heavy_ball_step
 from hippojax._src.storage import ChainBusyError
 from hippojax._src.storage import StorageError
-from hippojax._src.stochastic._common import SingleLoopState
-from hippojax._src.stochastic.amigo import amigo
-from hippojax._src.stochastic.saba import saba
 from hippojax._src.stochastic.saba import memory_bytes as saba_memory_bytes
-from hippojax._src.stochastic.saba import SabaState
-from hippojax._src.stochastic.soba import soba
+from hippojax._src.stochastic.saba import SabaMemory
 from hippojax._src.study import create_study
 from hippojax._src.study import load_study
 from hippojax._src.study import Study
@@ -60,13 +56,11 @@ __all__ = (
     "HypergradientDescentState",
     "HypergradientState",
     "Neumann",
-    "SabaState",
+    "SabaMemory",
     "SearchSpace",
-    "SingleLoopState",
     "SolverStats",
     "StorageError",
     "Study",
-    "amigo",
     "create_study",
     "drmad",
     "forward",
@@ -80,9 +74,7 @@ __all__ = (
     "load_study",
     "problems",
     "reverse",
-    "saba",
     "saba_memory_bytes",
-    "soba",
     "suggest_float",
     "t1t2",
 )

@@ -53,7 +53,7 @@ def _run(tx, kind, steps, outer_lr=0.02, seed=1):
     g, state = tx.update(None, state, lam, inner_params=w, train_batch=tb,
                          val_batch=vb, train_indices=ti, val_indices=vi)
     if kind == "saba":
-      w = w + state.inner_step
+      w = w + state.extra.inner_step
     else:
       w = step(w, lam, jax.tree.map(lambda a: a[0], tb) if kind == "amigo"
                else tb)
@@ -76,8 +76,8 @@ def _rel(a, b):
 
 def test_soba_reaches_the_optimal_hyperparameters():
   prob = _problem()
-  tx = hippojax.soba(prob.train_step, prob.val_loss,
-                     inner_params_like=jnp.zeros(5))
+  tx = hippojax.hypergradient(prob.train_step, prob.val_loss, method="soba",
+                              inner_params_like=jnp.zeros(5))
   avg, _, state = _run(tx, "soba", 4000)
   assert _rel(avg, prob.hparams_star) < 0.05
   assert int(state.count) == 4000 and int(state.num_refused) == 0
@@ -85,9 +85,9 @@ def test_soba_reaches_the_optimal_hyperparameters():
 
 def test_saba_reaches_the_optimal_hyperparameters_exactly():
   prob = _problem()
-  tx = hippojax.saba(prob.train_step, prob.val_loss,
-                     inner_params_like=jnp.zeros(5), num_train=2000,
-                     num_val=1000)
+  tx = hippojax.hypergradient(prob.train_step, prob.val_loss, method="saba",
+                              inner_params_like=jnp.zeros(5), num_train=2000,
+                              num_val=1000)
   avg, last, state = _run(tx, "saba", 4000)
   # Variance reduction: the last iterate itself converges, not only the mean.
   assert _rel(last, prob.hparams_star) < 0.01
@@ -97,8 +97,8 @@ def test_saba_reaches_the_optimal_hyperparameters_exactly():
 
 def test_amigo_reaches_the_optimal_hyperparameters():
   prob = _problem()
-  tx = hippojax.amigo(prob.train_step, prob.val_loss,
-                      inner_params_like=jnp.zeros(5), linear_steps=4)
+  tx = hippojax.hypergradient(prob.train_step, prob.val_loss, method="amigo",
+                              inner_params_like=jnp.zeros(5), linear_steps=4)
   avg, _, _ = _run(tx, "amigo", 4000)
   assert _rel(avg, prob.hparams_star) < 0.05
 
@@ -107,8 +107,8 @@ def _tiny(method, **kw):
   loss = lambda w, lam, b: 0.5 * jnp.sum((w - b) ** 2 + lam * w**2)
   step = hippojax.gradient_step(loss, 0.2)
   val = lambda w, lam, b: 0.5 * jnp.sum((w - 0.5) ** 2)
-  return getattr(hippojax, method)(step, val, inner_params_like=jnp.zeros(2),
-                                   **kw)
+  return hippojax.hypergradient(step, val, method=method,
+                               inner_params_like=jnp.zeros(2), **kw)
 
 
 @pytest.mark.parametrize("method", ["soba", "amigo"])
@@ -118,13 +118,13 @@ def test_non_finite_hypergradient_is_refused_and_q_kept(method):
   w, b = jnp.full(2, 0.4), jnp.ones(2)
   g, state = tx.update(None, state, jnp.asarray(1.0), inner_params=w,
                        train_batch=b, val_batch=None)
-  q = state.q
+  q = state.warm_start
   assert float(jnp.abs(q).sum()) > 0
   g, state = tx.update(None, state, jnp.asarray(1.0),
                        inner_params=w.at[0].set(jnp.nan), train_batch=b,
                        val_batch=None)
   assert float(g) == 0.0 and int(state.num_refused) == 1
-  np.testing.assert_array_equal(state.q, q)
+  np.testing.assert_array_equal(state.warm_start, q)
 
 
 def test_update_compiles_once():
@@ -145,7 +145,8 @@ def test_update_compiles_once():
 
 def test_errors_name_the_argument():
   with pytest.raises(TypeError, match="inner_params_like"):
-    hippojax.soba(lambda w, l, b: w, lambda w, l, b: 0.0)
+    hippojax.hypergradient(lambda w, l, b: w, lambda w, l, b: 0.0,
+                           method="soba")
   with pytest.raises(ValueError, match="linear_rate"):
     _tiny("soba", linear_rate=0.0)
   with pytest.raises(ValueError, match="linear_steps"):
@@ -168,14 +169,16 @@ def test_saba_memory_is_measured_and_refused_when_too_large():
   like_w = jnp.zeros((10, 10))  # P = 100
   like_h = jnp.zeros(20)  # H = 20
   need = hippojax.saba_memory_bytes(like_w, like_h, 1000, 500)
-  assert need == 8 * ((2 * 100 + 20) * 1001 + (100 + 20) * 501)
+  assert need == 8 * ((2 * 100 + 20) * 1001 + (100 + 20) * 501 + 100)
   prob = _problem()
-  tx = hippojax.saba(prob.train_step, prob.val_loss, inner_params_like=like_w,
-                     num_train=1000, num_val=500, max_memory_bytes=need - 1)
+  tx = hippojax.hypergradient(
+      prob.train_step, prob.val_loss, method="saba", inner_params_like=like_w,
+      num_train=1000, num_val=500, max_memory_bytes=need - 1)
   with pytest.raises(ValueError, match="saba's memories need"):
     tx.init(like_h)
-  tx = hippojax.saba(prob.train_step, prob.val_loss, inner_params_like=like_w,
-                     num_train=1000, num_val=500, max_memory_bytes=need)
+  tx = hippojax.hypergradient(
+      prob.train_step, prob.val_loss, method="saba", inner_params_like=like_w,
+      num_train=1000, num_val=500, max_memory_bytes=need)
   state = tx.init(like_h)
-  held = sum(x.nbytes for x in jax.tree.leaves(state[6:]))
+  held = sum(x.nbytes for x in jax.tree.leaves(state.extra))
   assert held == need

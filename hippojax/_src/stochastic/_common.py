@@ -1,4 +1,4 @@
-r"""What the single-loop solvers share: state, one linear-system step, checks.
+r"""What the single-loop solvers share: one linear-system step and the state.
 
 Every single-loop solver keeps the linear-system variable ``q`` of
 
@@ -6,16 +6,17 @@ Every single-loop solver keeps the linear-system variable ``q`` of
    (I - J^\top)\, q = \nabla_w L_{val}(w, \lambda),
    \qquad J = \partial \Phi / \partial w,\ B = \partial \Phi / \partial \lambda,
 
-in its state and moves it by one (or a few) Richardson steps per minibatch,
-``q ← q − ρ((I − Jᵀ) q − ∇_w L_val)``. One ``jax.vjp`` of the user's
-``train_step`` at ``(w, λ, train_batch)`` gives both ``Jᵀ q`` and ``Bᵀ q``,
-so a step costs one ``train_step`` VJP and one validation gradient. For a
-gradient step ``Φ = w − η ∇L_train`` the Richardson step with ``ρ = 1`` is
-SOBA's step on ``z = η q`` with step size ``η``: the step's own learning rate
-is the natural step size.
+in the transform's ``warm_start`` and moves it by one (or a few) Richardson
+steps per minibatch, ``q ← q − ρ((I − Jᵀ) q − ∇_w L_val)``. One ``jax.vjp``
+of the user's ``train_step`` at ``(w, λ, train_batch)`` gives ``Jᵀ q``,
+``Bᵀ q`` and ``Φ(w)``, so a step costs one ``train_step`` VJP and one
+validation gradient. For a gradient step ``Φ = w − η ∇L_train`` the
+Richardson step with ``ρ = 1`` is SOBA's step on ``z = η q`` with step size
+``η``: the step's own learning rate is the natural step size.
 """
 
-from typing import Any, Callable, NamedTuple
+import dataclasses
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,139 +24,131 @@ import optax
 
 from hippojax._src import checks
 from hippojax._src.base import all_finite
+from hippojax._src.base import HyperGrad
+from hippojax._src.base import HyperGradInfo
+from hippojax._src.methods.base import Method
+from hippojax._src.methods.base import MethodState
 
 PyTree = Any
 
 
-class SingleLoopState(NamedTuple):
-  """State of :func:`hippojax.soba` and :func:`hippojax.amigo`.
+class Step(NamedTuple):
+  """The single-loop directions at ``(w, λ, q)`` on one pair of batches.
 
   Attributes:
-    count: int32, ``update`` calls so far.
-    num_refused: int32, updates whose hypergradient was not finite and was
-      replaced by zeros (``q`` was kept).
-    value: the validation loss on the last ``val_batch`` (``nan`` before the
-      first update), in the hyperparameters' dtype.
-    residual: ``‖(I − Jᵀ) q − ∇_w L_val‖ / ‖∇_w L_val‖`` on the last
-      minibatch, at the ``q`` the hypergradient used: a noisy estimate of how
-      well ``q`` solves the linear system.
-    q: the linear-system variable, shaped like the inner parameters.
+    value: validation loss on the validation batch.
+    hypergrad: ``∇_λ L_val + Bᵀ q``.
+    direction: ``(I − Jᵀ) q − ∇_w L_val``, the linear system's residual.
+    grad_w: ``∇_w L_val``.
+    displacement: ``Φ(w) − w``.
   """
 
-  count: jax.Array
-  num_refused: jax.Array
   value: jax.Array
-  residual: jax.Array
-  q: PyTree
+  hypergrad: PyTree
+  direction: PyTree
+  grad_w: PyTree
+  displacement: PyTree
 
 
-class Step(NamedTuple):
-  """One evaluation of the single-loop directions at ``(w, λ, q)``."""
-
-  value: jax.Array  # validation loss
-  hypergrad: PyTree  # ∇_λ L_val + Bᵀ q
-  direction: PyTree  # (I − Jᵀ) q − ∇_w L_val, the linear-system residual
-  grad_w: PyTree  # ∇_w L_val
-
-
-def directions(train_step: Callable, val_loss: Callable, hparams: PyTree,
-               params: PyTree, q: PyTree, train_batch: PyTree,
-               val_batch: PyTree) -> Step:
+def directions(train_step, val_loss, hparams, params, q, train_batch,
+               val_batch) -> Step:
   """The hypergradient estimate and the linear-system residual at ``q``."""
   value, (g_w, g_lam) = jax.value_and_grad(val_loss, argnums=(0, 1))(
       params, hparams, val_batch)
-  _, vjp = jax.vjp(lambda w, lam: train_step(w, lam, train_batch), params,
-                   hparams)
+  new, vjp = jax.vjp(lambda w, lam: train_step(w, lam, train_batch), params,
+                     hparams)
   jt_q, bt_q = vjp(q)
-  hypergrad = jax.tree.map(lambda a, b, h: (a + b).astype(h.dtype), g_lam,
-                           bt_q, hparams)
   direction = jax.tree.map(lambda a, b, c: a - b - c, q, jt_q, g_w)
-  return Step(value, hypergrad, direction, g_w)
-
-
-def zeros_like_template(template: PyTree) -> PyTree:
-  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), template)
-
-
-def shapes_of(name: str, tree: Any) -> PyTree:
-  """``jax.ShapeDtypeStruct``s of ``tree`` (arrays or shape structs)."""
-  if tree is None:
-    raise TypeError(
-        f"{name} is required: the linear-system variable q lives in the "
-        "transform's state, shaped like the inner parameters, and "
-        "init(hparams) never sees them. Pass inner_params_like=params.")
-  try:
-    return jax.eval_shape(lambda t: t, tree)
-  except TypeError as e:
-    raise TypeError(f"{name} must be a pytree of arrays or "
-                    f"jax.ShapeDtypeStruct, got {tree!r}.") from e
-
-
-def check_inner_params(template: PyTree, inner_params: PyTree) -> None:
-  """``inner_params`` must have the structure and shapes of the template."""
-  if jax.tree.structure(template) != jax.tree.structure(inner_params):
-    raise ValueError(
-        f"inner_params has pytree structure {jax.tree.structure(inner_params)}"
-        ", but the transform was built with inner_params_like of structure "
-        f"{jax.tree.structure(template)}.")
-  for (path, t), w in zip(jax.tree_util.tree_flatten_with_path(template)[0],
-                          jax.tree.leaves(inner_params)):
-    if tuple(t.shape) != tuple(jnp.shape(w)):
-      raise ValueError(
-          f"inner_params{jax.tree_util.keystr(path)} has shape "
-          f"{tuple(jnp.shape(w))}, but inner_params_like gave shape "
-          f"{tuple(t.shape)}.")
-
-
-def require(method: str, extra: dict, names: tuple[str, ...],
-            params: Any) -> None:
-  """Clear errors for a missing ``params`` or required extra argument."""
-  if params is None:
-    raise TypeError(
-        f"{method}.update needs the current hyperparameters as params: "
-        "tx.update(updates, state, hparams, inner_params=..., ...).")
-  missing = [k for k in names if extra.get(k) is None]
-  if missing:
-    raise TypeError(
-        f"{method}.update is missing the keyword argument(s) "
-        f"{', '.join(missing)}; call tx.update(updates, state, hparams, "
-        f"{', '.join(f'{k}=...' for k in names)}).")
-
-
-def check_rate(name: str, value: Any) -> float:
-  value = checks.check_positive(name, value)
-  return value
-
-
-def init_common(hparams: PyTree, template: PyTree) -> tuple:
-  hparams = checks.as_float_tree("hparams", hparams)
-  dtype = optax.tree.dtype(hparams, "highest")
-  nan = jnp.full((), jnp.nan, dtype)
-  zero = jnp.zeros((), jnp.int32)
-  return zero, zero, nan, nan, zeros_like_template(template)
-
-
-def finish(updates: PyTree, hypergrad: PyTree, value, residual,
-           q_old: PyTree, q_new: PyTree, state) -> tuple[PyTree, dict]:
-  """Refuses non-finite results; adds the incoming updates.
-
-  Returns the emitted updates and the new common state fields.
-  """
-  finite = (all_finite(hypergrad) & jnp.isfinite(value) & all_finite(q_new))
-  grad = jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)),
-                      hypergrad)
-  if updates is not None:
-    grad = jax.tree.map(lambda u, g: (u + g).astype(u.dtype), updates, grad)
-  q = optax.tree.where(finite, optax.tree.cast_like(q_new, q_old), q_old)
-  dtype = state.value.dtype
-  fields = dict(
-      count=optax.safe_increment(state.count),
-      num_refused=state.num_refused + (~finite).astype(jnp.int32),
-      value=jnp.asarray(value, dtype),
-      residual=jnp.asarray(residual, dtype), q=q)
-  return grad, fields
+  return Step(value, optax.tree.add(g_lam, bt_q), direction, g_w,
+              optax.tree.sub(new, params))
 
 
 def relative(tree: PyTree, like: PyTree) -> jax.Array:
+  """``‖tree‖ / ‖like‖`` (``‖tree‖`` when ``like = 0``)."""
   num, den = optax.tree.norm(tree), optax.tree.norm(like)
   return num / jnp.where(den > 0, den, 1.0)
+
+
+def q_like(q: PyTree, inner_params: PyTree) -> PyTree:
+  """Checks ``q`` (from ``inner_params_like``) against ``inner_params``."""
+  if jax.tree.structure(q) != jax.tree.structure(inner_params):
+    raise ValueError(
+        f"inner_params has pytree structure {jax.tree.structure(inner_params)}"
+        ", but the transform was built with inner_params_like of structure "
+        f"{jax.tree.structure(q)}.")
+  for (path, a), w in zip(jax.tree_util.tree_flatten_with_path(q)[0],
+                          jax.tree.leaves(inner_params)):
+    if a.shape != jnp.shape(w):
+      raise ValueError(
+          f"inner_params{jax.tree_util.keystr(path)} has shape "
+          f"{tuple(jnp.shape(w))}, but inner_params_like gave shape "
+          f"{tuple(a.shape)}.")
+  return optax.tree.cast_like(q, inner_params)
+
+
+def result(step: Step, hparams: PyTree, params: PyTree, q_new: PyTree,
+           num_iters: int) -> HyperGrad:
+  """The :class:`HyperGrad` of a single-loop update.
+
+  ``info.solution`` is the *updated* ``q``; ``residual`` is the minibatch
+  estimate of the linear system's relative residual at the ``q`` the
+  hypergradient used; ``fixed_point_residual`` is ``‖Φ(w) − w‖/‖w‖`` on the
+  minibatch; ``converged`` says the result is finite (a single-loop method
+  never solves to a tolerance).
+  """
+  grad = jax.tree.map(lambda g, h: g.astype(h.dtype), step.hypergrad, hparams)
+  residual = relative(step.direction, step.grad_w)
+  finite = (all_finite(grad) & jnp.isfinite(step.value) & all_finite(q_new)
+            & jnp.isfinite(residual))
+  info = HyperGradInfo(
+      num_iters=jnp.asarray(num_iters, jnp.int32), residual=residual,
+      converged=finite, solution=q_new,
+      fixed_point_residual=relative(step.displacement, params).astype(
+          residual.dtype),
+      curvature=jnp.full((), jnp.nan, residual.dtype))
+  return HyperGrad(grad, step.value, info)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SingleLoop(Method):
+  """The options and state handling every single-loop method shares.
+
+  ``q`` lives in the transform's ``warm_start`` (so ``inner_params_like`` is
+  required); an update whose result is refused keeps the old ``q``.
+  """
+
+  inner_params_like: Any = None
+  linear_rate: float = 1.0
+
+  required = ("inner_params",)
+  optional = ("train_batch", "val_batch")
+
+  def __post_init__(self):
+    if self.inner_params_like is None:
+      raise TypeError(
+          f"hypergradient(method={self.name!r}) needs inner_params_like=: "
+          "the linear-system variable q lives in the transform's state, "
+          "shaped like the inner parameters, and init(hparams) never sees "
+          "them. Pass inner_params_like=params (arrays or shapes).")
+    object.__setattr__(self, "inner_params_like", jax.eval_shape(
+        lambda t: t, self.inner_params_like))
+    checks.check_positive("linear_rate", self.linear_rate)
+
+  def init(self, hparams, dtype) -> MethodState:
+    del hparams
+    zero = jnp.zeros((), dtype)
+    q = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                     self.inner_params_like)
+    return MethodState(tol=zero, warm_start=q, damping=zero,
+                       extra=self.init_extra(dtype))
+
+  def init_extra(self, dtype) -> PyTree:
+    del dtype
+    return None
+
+  def next_state(self, state, hg, accepted, new_extra) -> MethodState:
+    keep = accepted & all_finite(hg.info.solution)
+    q = optax.tree.where(
+        keep, optax.tree.cast_like(hg.info.solution, state.warm_start),
+        state.warm_start)
+    return state._replace(warm_start=q, extra=new_extra)

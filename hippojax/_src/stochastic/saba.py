@@ -30,11 +30,16 @@ distinct examples (sampled without replacement), named by ``train_indices``
 and ``val_indices``. The memories start at zero and fill during the first
 epoch. Besides the hyperparameter direction, the state's ``inner_step`` is
 the variance-reduced estimate of ``Φ(w) − w``: adding it to the weights
-(``w ← w + state.inner_step``) instead of a plain SGD step makes the whole
-loop SABA.
+(``w ← w + state.extra.inner_step``) instead of a plain SGD step makes the
+whole loop SABA.
+
+References:
+  Dagréou, Ablin, Vaiter, Moreau, NeurIPS 2022; Defazio, Bach,
+  Lacoste-Julien, "SAGA", NeurIPS 2014.
 """
 
-from typing import Any, Callable, NamedTuple
+import dataclasses
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -42,15 +47,12 @@ import numpy as np
 import optax
 
 from hippojax._src import checks
+from hippojax._src.methods.registry import register
 from hippojax._src.stochastic import _common
 
 PyTree = Any
 
-REQUIRED = ("inner_params", "train_batch", "val_batch", "train_indices",
-            "val_indices")
-OPTIONS = frozenset({"inner_params_like", "linear_rate", "num_train",
-                     "num_val", "max_memory_bytes"})
-
+#: The memory SABA may allocate unless told otherwise.
 DEFAULT_MAX_MEMORY = 2 * 2**30
 
 
@@ -61,12 +63,10 @@ class SagaTable(NamedTuple):
   mean: PyTree
 
 
-class SabaState(NamedTuple):
-  """State of :func:`hippojax.saba`.
+class SabaMemory(NamedTuple):
+  """SABA's part of the transform state (``state.extra``).
 
   Attributes:
-    count, num_refused, value, residual, q: as in
-      :class:`~hippojax.SingleLoopState`.
     inner_step: the variance-reduced estimate of ``Φ(w) − w`` on the last
       minibatch, shaped like the weights (zeros before the first update).
     train_linear: memory of ``q − J_iᵀ q`` per training example.
@@ -76,11 +76,6 @@ class SabaState(NamedTuple):
     val_hyper: memory of ``∇_λ ℓ_j`` per validation example.
   """
 
-  count: jax.Array
-  num_refused: jax.Array
-  value: jax.Array
-  residual: jax.Array
-  q: PyTree
   inner_step: PyTree
   train_linear: SagaTable
   train_hyper: SagaTable
@@ -89,17 +84,22 @@ class SabaState(NamedTuple):
   val_hyper: SagaTable
 
 
-def _size(tree: PyTree) -> int:
+def _bytes(tree: PyTree) -> int:
   return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
              for x in jax.tree.leaves(tree))
 
 
 def memory_bytes(inner_params_like: Any, hparams: Any, num_train: int,
                  num_val: int) -> int:
-  """Bytes of SABA's memories for these shapes and set sizes."""
-  p = _size(jax.eval_shape(lambda t: t, inner_params_like))
-  h = _size(jax.eval_shape(lambda t: t, hparams))
-  return (2 * p + h) * (num_train + 1) + (p + h) * (num_val + 1)
+  """Bytes of SABA's memories (rows and means) for these shapes and sizes.
+
+  ``(2P + H)(n + 1) + (P + H)(m + 1)`` numbers, ``P`` the weights, ``H`` the
+  hyperparameters, ``n``/``m`` the training/validation set sizes, plus
+  ``P`` for ``inner_step``.
+  """
+  p = _bytes(jax.eval_shape(lambda t: t, inner_params_like))
+  h = _bytes(jax.eval_shape(lambda t: t, hparams))
+  return (2 * p + h) * (num_train + 1) + (p + h) * (num_val + 1) + p
 
 
 def _table(like: PyTree, n: int) -> SagaTable:
@@ -110,6 +110,7 @@ def _table(like: PyTree, n: int) -> SagaTable:
 
 def _saga(table: SagaTable, idx: jax.Array, new: PyTree, n: int):
   """The SAGA estimate of the mean of a term, and the updated memory."""
+
   def leaf(rows, mean, t):
     t, old = t.astype(rows.dtype), rows[idx]
     # A non-finite example keeps its old memory: one bad value in the running
@@ -117,131 +118,114 @@ def _saga(table: SagaTable, idx: jax.Array, new: PyTree, n: int):
     ok = jnp.all(jnp.isfinite(t), axis=tuple(range(1, t.ndim)))
     t = jnp.where(ok.reshape((-1,) + (1,) * (t.ndim - 1)), t, old)
     diff = t - old
-    estimate = jnp.mean(diff, axis=0) + mean
-    return estimate, rows.at[idx].set(t), mean + jnp.sum(diff, axis=0) / n
+    return (jnp.mean(diff, axis=0) + mean, rows.at[idx].set(t),
+            mean + jnp.sum(diff, axis=0) / n)
+
   out = jax.tree.map(leaf, table.rows, table.mean, new)
-  outer = jax.tree.structure(table.mean)
-  inner = jax.tree.structure((0, 0, 0))
-  est, rows, mean = jax.tree.transpose(outer, inner, out)
+  est, rows, mean = jax.tree.transpose(jax.tree.structure(table.mean),
+                                       jax.tree.structure((0, 0, 0)), out)
   return est, SagaTable(rows, mean)
 
 
-def _examples(fn: Callable, batch: PyTree) -> PyTree:
+def _examples(fn, batch: PyTree) -> PyTree:
   """``fn`` on each example of ``batch`` as a batch of one (``vmap``)."""
   return jax.vmap(lambda ex: fn(jax.tree.map(lambda a: a[None], ex)))(batch)
 
 
-def _check_indices(name: str, idx: Any, batch: PyTree, n: int) -> jax.Array:
+def _check_indices(name: str, idx: Any, batch: PyTree) -> jax.Array:
   idx = jnp.asarray(idx)
   if idx.ndim != 1 or not jnp.issubdtype(idx.dtype, jnp.integer):
     raise ValueError(f"{name} must be a 1-D integer array (the examples' "
                      f"positions in the data set), got shape "
                      f"{tuple(idx.shape)} dtype {idx.dtype}.")
+  which = name.replace("indices", "batch")
   for path, leaf in jax.tree_util.tree_flatten_with_path(batch)[0]:
     if jnp.ndim(leaf) == 0 or jnp.shape(leaf)[0] != idx.shape[0]:
-      which = name.replace("indices", "batch")
       raise ValueError(
           f"{which}{jax.tree_util.keystr(path)} has shape "
           f"{tuple(jnp.shape(leaf))}, but {name} has {idx.shape[0]} entries;"
           " every leaf needs one row per example.")
-  del n
   return idx
 
 
-def saba(train_step: Callable, val_loss: Callable, *,
-         inner_params_like: Any = None, num_train: int | None = None,
-         num_val: int | None = None, linear_rate: float = 1.0,
-         max_memory_bytes: int = DEFAULT_MAX_MEMORY
-         ) -> optax.GradientTransformationExtraArgs:
-  r"""SABA as an optax transform, for finite training and validation sets.
+@register("saba")
+@dataclasses.dataclass(frozen=True, eq=False)
+class Saba(_common.SingleLoop):
+  """SABA; options ``inner_params_like``, ``num_train``, ``num_val``
+  (required), ``linear_rate`` and ``max_memory_bytes`` (default 2 GiB:
+  ``init`` refuses, naming the size, when the memories need more)."""
 
-  Args:
-    train_step: ``train_step(params, hparams, batch) -> params``, a step on
-      the mean of a per-example loss.
-    val_loss: ``val_loss(params, hparams, batch) -> scalar``, a mean of
-      per-example losses.
-    inner_params_like: the inner parameters or their shapes. Required.
-    num_train: ``n``, the number of training examples. Required.
-    num_val: ``m``, the number of validation examples. Required.
-    linear_rate: ``ρ > 0``, the step on ``q`` (default 1, the natural one).
-    max_memory_bytes: refuse (``ValueError`` from ``init``) when the
-      memories would be larger (default 2 GiB); see :func:`memory_bytes`.
+  num_train: int | None = None
+  num_val: int | None = None
+  max_memory_bytes: int = DEFAULT_MAX_MEMORY
 
-  Returns:
-    An ``optax.GradientTransformationExtraArgs`` with ``init(hparams) ->
-    SabaState`` and ``update(updates, state, hparams, *, inner_params,
-    train_batch, val_batch, train_indices, val_indices, **extra)``.
+  required = ("inner_params", "train_batch", "val_batch", "train_indices",
+              "val_indices")
+  optional = ()
 
-  References:
-    Dagréou, Ablin, Vaiter, Moreau, NeurIPS 2022; Defazio, Bach,
-    Lacoste-Julien, "SAGA", NeurIPS 2014.
-  """
-  checks.check_callable("train_step", train_step)
-  checks.check_callable("val_loss", val_loss)
-  template = _common.shapes_of("inner_params_like", inner_params_like)
-  rate = _common.check_rate("linear_rate", linear_rate)
-  if num_train is None or num_val is None:
-    raise TypeError("saba needs num_train= and num_val=, the sizes of the "
-                    "training and validation sets, to size its memories.")
-  n = checks.check_int("num_train", num_train, 1)
-  m = checks.check_int("num_val", num_val, 1)
-  limit = checks.check_int("max_memory_bytes", max_memory_bytes, 1)
+  def __post_init__(self):
+    super().__post_init__()
+    if self.num_train is None or self.num_val is None:
+      raise TypeError(
+          "hypergradient(method='saba') needs num_train= and num_val=, the "
+          "sizes of the training and validation sets, to size its memories.")
+    checks.check_int("num_train", self.num_train, 1)
+    checks.check_int("num_val", self.num_val, 1)
+    checks.check_int("max_memory_bytes", self.max_memory_bytes, 1)
 
-  def init_fn(hparams):
-    common = _common.init_common(hparams, template)
-    like_h = jax.eval_shape(lambda t: t, checks.as_float_tree("hparams",
-                                                              hparams))
-    need = memory_bytes(template, like_h, n, m)
-    if need > limit:
+  def init(self, hparams, dtype):
+    like_w = self.inner_params_like
+    like_h = jax.eval_shape(lambda t: t, hparams)
+    need = memory_bytes(like_w, like_h, self.num_train, self.num_val)
+    if need > self.max_memory_bytes:
       raise ValueError(
           f"saba's memories need {need / 2**20:.1f} MiB ((2P + H)·n + "
-          f"(P + H)·m numbers for P={_size(template)} weight bytes, "
-          f"n={n}, m={m}, H={_size(like_h)} hyperparameter bytes), more than "
-          f"max_memory_bytes={limit}; use soba or amigo (no memory), fewer "
+          f"(P + H)·m numbers: {_bytes(like_w)} bytes of weights P, "
+          f"{_bytes(like_h)} bytes of hyperparameters H, n={self.num_train}, "
+          f"m={self.num_val}), more than max_memory_bytes="
+          f"{self.max_memory_bytes}; use soba or amigo (no memory), fewer "
           "examples, or raise max_memory_bytes.")
-    return SabaState(
-        *common, inner_step=_common.zeros_like_template(template),
-        train_linear=_table(template, n), train_hyper=_table(like_h, n),
-        train_step=_table(template, n), val_weights=_table(template, m),
-        val_hyper=_table(like_h, m))
+    state = super().init(hparams, dtype)
+    n, m = self.num_train, self.num_val
+    memory = SabaMemory(
+        inner_step=state.warm_start, train_linear=_table(like_w, n),
+        train_hyper=_table(like_h, n), train_step=_table(like_w, n),
+        val_weights=_table(like_w, m), val_hyper=_table(like_h, m))
+    return state._replace(extra=memory)
 
-  def update_fn(updates, state, params=None, **extra):
-    _common.require("saba", extra, REQUIRED, params)
+  def hypergrad(self, state, hparams, extra, *, train_step, val_loss):
     w = extra["inner_params"]
-    _common.check_inner_params(template, w)
-    hparams = checks.as_float_tree("hparams", params)
+    q = _common.q_like(state.warm_start, w)
+    hparams = checks.as_float_tree("hparams", hparams)
     tb, vb = extra["train_batch"], extra["val_batch"]
-    ti = _check_indices("train_indices", extra["train_indices"], tb, n)
-    vi = _check_indices("val_indices", extra["val_indices"], vb, m)
-    q = optax.tree.cast_like(state.q, w)
+    ti = _check_indices("train_indices", extra["train_indices"], tb)
+    vi = _check_indices("val_indices", extra["val_indices"], vb)
+    mem = state.extra
 
     def per_train(batch):
       new, vjp = jax.vjp(lambda w_, lam: train_step(w_, lam, batch), w,
                          hparams)
       jt_q, bt_q = vjp(q)
-      return (optax.tree.sub(q, jt_q), bt_q, optax.tree.sub(new, w))
+      return optax.tree.sub(q, jt_q), bt_q, optax.tree.sub(new, w)
 
     def per_val(batch):
       return jax.value_and_grad(val_loss, argnums=(0, 1))(w, hparams, batch)
 
     lin, hyp, disp = _examples(per_train, tb)
     values, (g_w, g_lam) = _examples(per_val, vb)
-    lin, train_linear = _saga(state.train_linear, ti, lin, n)
-    hyp, train_hyper = _saga(state.train_hyper, ti, hyp, n)
-    disp, train_step_ = _saga(state.train_step, ti, disp, n)
-    g_w, val_weights = _saga(state.val_weights, vi, g_w, m)
-    g_lam, val_hyper = _saga(state.val_hyper, vi, g_lam, m)
+    n, m = self.num_train, self.num_val
+    lin, train_linear = _saga(mem.train_linear, ti, lin, n)
+    hyp, train_hyper = _saga(mem.train_hyper, ti, hyp, n)
+    disp, train_step_ = _saga(mem.train_step, ti, disp, n)
+    g_w, val_weights = _saga(mem.val_weights, vi, g_w, m)
+    g_lam, val_hyper = _saga(mem.val_hyper, vi, g_lam, m)
 
     direction = optax.tree.sub(lin, g_w)
-    hypergrad = jax.tree.map(lambda a, b, h: (a + b).astype(h.dtype), g_lam,
-                             hyp, hparams)
-    q_new = optax.tree.add_scale(q, -rate, direction)
-    residual = _common.relative(direction, g_w)
-    grad, fields = _common.finish(updates, hypergrad, jnp.mean(values),
-                                  residual, state.q, q_new, state)
-    return grad, SabaState(
-        **fields, inner_step=optax.tree.cast_like(disp, state.inner_step),
+    step = _common.Step(jnp.mean(values), optax.tree.add(g_lam, hyp),
+                        direction, g_w, disp)
+    q_new = optax.tree.add_scale(q, -self.linear_rate, direction)
+    new_memory = SabaMemory(
+        inner_step=optax.tree.cast_like(disp, mem.inner_step),
         train_linear=train_linear, train_hyper=train_hyper,
         train_step=train_step_, val_weights=val_weights, val_hyper=val_hyper)
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return _common.result(step, hparams, w, q_new, 1), new_memory
