@@ -28,6 +28,8 @@ from hippojax._src.steps import HeavyBallStep
 from hippojax._src.steps import heavy_ball_step
 from hippojax._src.storage import ChainBusyError
 from hippojax._src.storage import StorageError
+from hippojax._src.stochastic.minibatch import minibatch_hypergrad
+from hippojax._src.stochastic.minibatch import MinibatchHyperGrad
 from hippojax._src.stochastic.saba import memory_bytes as saba_memory_bytes
 from hippojax._src.stochastic.saba import SabaMemory
 from hippojax._src.study import create_study
@@ -55,6 +57,7 @@ __all__ = (
     "HyperGradInfo",
     "HypergradientDescentState",
     "HypergradientState",
+    "MinibatchHyperGrad",
     "Neumann",
     "SabaMemory",
     "SearchSpace",
@@ -72,6 +75,7 @@ __all__ = (
     "ift",
     "implicit_hypergrad",
     "load_study",
+    "minibatch_hypergrad",
     "problems",
     "reverse",
     "saba_memory_bytes",

@@ -182,3 +182,58 @@ def test_saba_memory_is_measured_and_refused_when_too_large():
   state = tx.init(like_h)
   held = sum(x.nbytes for x in jax.tree.leaves(state.extra))
   assert held == need
+
+
+# ---------------------------------------------------------------------------
+# Minibatch implicit hypergradients.
+
+
+def _rows(data, idx):
+  return jax.tree.map(lambda a: a[idx], data)
+
+
+def test_minibatch_hypergrad_on_the_whole_set_is_the_exact_one():
+  prob = _problem()
+  lam = jnp.asarray(prob.hparams_star) + 0.3
+  exact = hippojax.implicit_hypergrad(
+      prob.train_step, prob.val_loss, lam, jnp.asarray(prob.params_star),
+      prob.train_data, prob.val_data, solver=hippojax.CG(tol=1e-12))
+  stack = jax.tree.map(lambda a: a[None], prob.train_data)
+  hg = hippojax.minibatch_hypergrad(
+      prob.train_step, prob.val_loss, lam, jnp.asarray(prob.params_star),
+      prob.train_data, prob.val_data, hessian_batches=stack, tol=1e-12)
+  np.testing.assert_allclose(hg.grad, exact.grad, rtol=1e-9, atol=1e-12)
+  assert float(hg.noise_floor) == 0.0  # K = 1: nothing to estimate it from
+
+
+def test_noise_floor_stops_cg_early_and_reports_converged():
+  prob = _problem()
+  lam = jnp.asarray(prob.hparams_star) + 0.5
+  w = jnp.asarray(prob.params_star)
+  exact = hippojax.implicit_hypergrad(
+      prob.train_step, prob.val_loss, lam, w, prob.train_data, prob.val_data,
+      solver=hippojax.CG(tol=1e-12)).grad
+  idx = jnp.asarray(_epochs(3, 2000, 8, 16))
+  vidx = jnp.asarray(_epochs(4, 1000, 8, 16))
+  hess = _rows(prob.train_data, idx)
+  vals = _rows(prob.val_data, vidx)
+  tb = _rows(prob.train_data, idx[0])
+  kw = dict(hessian_batches=hess, stacked_val=True, tol=1e-10, maxiter=50)
+  floor = hippojax.minibatch_hypergrad(prob.train_step, prob.val_loss, lam, w,
+                                       tb, vals, **kw)
+  plain = hippojax.minibatch_hypergrad(prob.train_step, prob.val_loss, lam, w,
+                                       tb, vals, noise_floor=False, **kw)
+  assert 0.01 < float(floor.noise_floor) < 1.0
+  assert bool(floor.info.converged) and float(floor.tol) == float(
+      floor.noise_floor)
+  assert int(floor.info.num_iters) < int(plain.info.num_iters)
+  # Stopping at the noise floor changes the answer by less than the
+  # minibatch error that solving to 1e-10 leaves anyway.
+  assert (np.linalg.norm(floor.grad - plain.grad) <
+          np.linalg.norm(plain.grad - exact))
+
+
+def test_minibatch_hypergrad_refuses_other_steps():
+  with pytest.raises(ValueError, match="gradient_step"):
+    hippojax.minibatch_hypergrad(lambda w, l, b: w, lambda w, l, b: 0.0,
+                                 jnp.ones(1), jnp.ones(1), None, None)

@@ -19,7 +19,10 @@ All data is generated locally from installed packages, no network:
 """
 
 import functools
+import os
+import pathlib
 import random
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -32,22 +35,51 @@ from hippojax._src.steps import gradient_step
 MNIST1D_SAMPLES = 15_000
 
 
+def _cache_dir() -> pathlib.Path:
+  default = pathlib.Path(os.environ.get("XDG_CACHE_HOME",
+                                        pathlib.Path.home() / ".cache"))
+  return pathlib.Path(os.environ.get("HIPPOJAX_CACHE_DIR",
+                                     default / "hippojax"))
+
+
 @functools.cache
 def mnist1d_arrays(num_samples: int = MNIST1D_SAMPLES):
-  """MNIST-1D with ``num_samples`` examples, generated locally (the same
-  generator as ``get_dataset(args, download=False, regenerate=True)``,
-  without writing a pickle); NumPy's and Python's global generators, which
-  it reseeds, are restored."""
+  """MNIST-1D with ``num_samples`` examples, generated locally.
+
+  The same generator as ``get_dataset(args, download=False,
+  regenerate=True)`` (default arguments, seed 42) but without writing a
+  pickle into the working directory; NumPy's and Python's global
+  generators, which it reseeds, are restored. Generating 15,000 examples
+  takes 20-60 s of CPU, so the arrays are kept in ``$HIPPOJAX_CACHE_DIR``
+  (default ``~/.cache/hippojax``) and regenerated when that is missing or
+  unwritable.
+  """
   from mnist1d import data as mnist1d_data
   args = mnist1d_data.get_dataset_args()
   args.num_samples = int(num_samples)
+  path = _cache_dir() / f"mnist1d-{args.num_samples}-seed{args.seed}.npz"
+  keys = ("x", "y", "x_test", "y_test")
+  try:
+    with np.load(path) as f:
+      return tuple(f[k] for k in keys)
+  except (OSError, KeyError, ValueError):
+    pass
   np_state, py_state = np.random.get_state(), random.getstate()
   try:
     data = mnist1d_data.make_dataset(args)
   finally:
     np.random.set_state(np_state)
     random.setstate(py_state)
-  return data["x"], data["y"], data["x_test"], data["y_test"]
+  arrays = tuple(np.asarray(data[k]) for k in keys)
+  try:  # atomic: a concurrent reader never sees a partial file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz",
+                                     delete=False) as tmp:
+      np.savez(tmp, **dict(zip(keys, arrays)))
+    os.replace(tmp.name, path)
+  except OSError:
+    pass  # a read-only home: regenerate next time
+  return arrays
 
 
 @functools.cache
