@@ -17,6 +17,7 @@ DEFAULT_COMPARE_BUDGET = 20.0
 _OPTION_FLAGS = {
     "inner_steps": int, "outer_lr": float, "num_iters": int, "tol": float,
     "maxiter": int, "unroll_steps": int, "n_startup_trials": int,
+    "linear_rate": float, "warm_steps": int, "linear_steps": int,
 }
 
 
@@ -225,6 +226,13 @@ def _add_method_options(p) -> None:
                  help="tpe: random trials before TPE (10)")
   g.add_argument("--multivariate", action="store_true",
                  help="tpe: multivariate TPE")
+  g.add_argument("--linear-rate", dest="linear_rate", type=float,
+                 help="soba, saba, amigo: step on the linear-system variable "
+                      "relative to the natural one (1)")
+  g.add_argument("--warm-steps", dest="warm_steps", type=int,
+                 help="amigo: weight steps per hypergradient (5)")
+  g.add_argument("--linear-steps", dest="linear_steps", type=int,
+                 help="amigo: linear-system steps per hypergradient (5)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,8 +30,9 @@ import numpy as np
 from hippojax._src import outer
 from hippojax._src import problems as problems_lib
 from hippojax._src import storage as storage_lib
+from hippojax._src.stochastic import engine as single_loop
 
-GRADIENT_METHODS = outer.GRADIENT_METHODS
+GRADIENT_METHODS = outer.GRADIENT_METHODS + single_loop.SINGLE_LOOP
 BLACKBOX_METHODS = ("random", "tpe")
 METHODS = GRADIENT_METHODS + BLACKBOX_METHODS
 
@@ -44,6 +45,10 @@ METHOD_OPTIONS = {
     "hoag": {**_GRADIENT, "tol": 1e-4, "maxiter": 100},
     "drmad": {**_GRADIENT, "unroll_steps": 100},
     "reverse": {**_GRADIENT, "unroll_steps": 100, "remat": False},
+    "soba": {**_COMMON, "outer_lr": 0.05, "linear_rate": 1.0},
+    "saba": {**_COMMON, "outer_lr": 0.05, "linear_rate": 1.0},
+    "amigo": {**_COMMON, "outer_lr": 0.05, "linear_rate": 1.0,
+              "warm_steps": 5, "linear_steps": 5},
     "random": dict(_COMMON),
     "tpe": {**_COMMON, "n_startup_trials": 10, "multivariate": False},
 }
@@ -53,7 +58,7 @@ _ATTR = "hippojax."  # prefix of the study's user attributes
 
 def _check_option(method: str, name: str, value: Any) -> Any:
   ints = {"inner_steps": 1, "num_iters": 0, "maxiter": 1, "unroll_steps": 1,
-          "n_startup_trials": 0}
+          "n_startup_trials": 0, "warm_steps": 1, "linear_steps": 1}
   if name in ints:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
       raise TypeError(f"{method} option {name} must be an int, got "
@@ -62,7 +67,7 @@ def _check_option(method: str, name: str, value: Any) -> Any:
       raise ValueError(f"{method} option {name} must be >= {ints[name]}, got "
                        f"{value!r}.")
     return int(value)
-  if name in ("outer_lr", "tol"):
+  if name in ("outer_lr", "tol", "linear_rate"):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
       raise TypeError(f"{method} option {name} must be a number, got "
                       f"{value!r}.")
@@ -123,7 +128,11 @@ def create_study(method: str = "hoag", *, storage: Any = None,
 
   Args:
     method: ``"t1t2"``, ``"ift"``, ``"hoag"``, ``"drmad"``, ``"reverse"``
-      (gradient methods) or ``"random"``, ``"tpe"`` (Optuna samplers).
+      (gradient methods), ``"soba"``, ``"saba"``, ``"amigo"`` (single-loop
+      gradient methods for minibatch problems: one trial is a round of
+      ``inner_steps`` minibatch steps, see
+      :mod:`hippojax._src.stochastic.engine`) or ``"random"``, ``"tpe"``
+      (Optuna samplers).
     storage: where trials are recorded: ``None`` for the SQLite file
       ``hippojax.db`` in the working directory, a SQLAlchemy URL,
       ``"journal:PATH"`` (or a ``.log`` path) for a journal file,
@@ -147,7 +156,10 @@ def create_study(method: str = "hoag", *, storage: Any = None,
       ``ift``: ``num_iters`` (10); ``hoag``: ``tol`` (1e-4), ``maxiter``
       (100); ``drmad``/``reverse``: ``unroll_steps`` (100, the differentiated
       tail of the inner budget); ``reverse``: ``remat`` (False); ``tpe``:
-      ``n_startup_trials`` (10), ``multivariate`` (False).
+      ``n_startup_trials`` (10), ``multivariate`` (False); ``soba``,
+      ``saba``, ``amigo``: ``outer_lr`` (0.05, Adam per minibatch),
+      ``linear_rate`` (1.0); ``amigo``: ``warm_steps`` (5),
+      ``linear_steps`` (5).
 
   Returns:
     A :class:`Study`.
@@ -481,7 +493,8 @@ def _host_record(rec) -> dict:
 def _run_gradient(study, problem, options, n_steps, timeout, ckpt_dir,
                   show_progress, callbacks):
   start = time.perf_counter()
-  engine = outer.get_engine(problem, study.method, options)
+  engine = (single_loop.get_engine if study.method in single_loop.SINGLE_LOOP
+            else outer.get_engine)(problem, study.method, options)
   uid = study.optuna_study.user_attrs.get(_ATTR + "uuid")
   meta_base = {"method": study.method, "options": options,
                "problem": problem.name, "space": problem.space.describe(),

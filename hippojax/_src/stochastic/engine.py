@@ -11,10 +11,13 @@ distinct examples),
 * ``amigo``: ``warm_steps`` SGD steps on the weights, then an update of
   ``linear_steps`` linear-system steps (one minibatch each), then Adam.
 
-A *round* is ``rounds_of`` weight steps; :meth:`SingleLoopEngine.step` runs
-one round in one compiled call and reports the full validation loss at its
-end, so a study records one trial per round, and a round spends the same
-number of inner training steps as one outer step of a gradient method.
+A *round* is ``inner_steps`` weight steps; :meth:`SingleLoopEngine.step`
+runs one round in one compiled call and reports the full validation loss at
+its end, so a study records one trial per round, and a round spends the same
+number of inner training steps as one black-box trial or one outer step of a
+gradient method. The engine has the interface of
+:class:`hippojax._src.outer.Engine` (``init``, ``step``, ``inner_steps``), so
+the study layer drives both alike.
 """
 
 import dataclasses
@@ -27,6 +30,7 @@ import jax.numpy as jnp
 import optax
 
 from hippojax._src.base import all_finite
+from hippojax._src.outer import StepRecord
 from hippojax._src.space import SearchSpace
 from hippojax._src.transform import hypergradient
 
@@ -50,7 +54,8 @@ class ChainState(NamedTuple):
   """The state of one single-loop chain.
 
   Attributes:
-    step: weight steps taken so far (int32).
+    step: rounds taken so far (int32).
+    weight_steps: weight steps taken so far (int32).
     u: unconstrained hyperparameters.
     params: the weights.
     hyper: the :class:`~hippojax.HypergradientState` of the method.
@@ -60,6 +65,7 @@ class ChainState(NamedTuple):
   """
 
   step: jax.Array
+  weight_steps: jax.Array
   u: dict
   params: PyTree
   hyper: PyTree
@@ -67,18 +73,6 @@ class ChainState(NamedTuple):
   key: jax.Array
   train_order: jax.Array
   val_order: jax.Array
-
-
-class RoundRecord(NamedTuple):
-  """What a round reports: the validation loss on the whole validation set at
-  its end, the hyperparameters, the last hypergradient's norm, residual and
-  refusal count."""
-
-  val_loss: jax.Array
-  hparams: dict
-  grad_norm: jax.Array
-  residual: jax.Array
-  num_refused: jax.Array
 
 
 def _window(key, order, size):
@@ -89,6 +83,16 @@ def _window(key, order, size):
   n = order.shape[0]
   start = jax.random.randint(key, (), 0, n)
   return order[(start + jnp.arange(size)) % n]
+
+
+@functools.lru_cache(maxsize=16)
+def _engine(problem, method: str, options: tuple) -> "SingleLoopEngine":
+  return SingleLoopEngine(problem, method, dict(options))
+
+
+def get_engine(problem, method: str, options: dict) -> "SingleLoopEngine":
+  """The cached engine (compiled once per problem/method/options)."""
+  return _engine(problem, method, tuple(sorted(options.items())))
 
 
 class SingleLoopEngine:
@@ -107,7 +111,7 @@ class SingleLoopEngine:
     if method not in SINGLE_LOOP:
       raise ValueError(f"method={method!r} is not one of {SINGLE_LOOP}.")
     self.problem, self.method, self.options = problem, method, dict(options)
-    self.rounds_of = int(options["inner_steps"])
+    self.inner_steps = int(options["inner_steps"])
     self.optimizer = optax.adam(float(options["outer_lr"]))
     self.batch = problem.batch_size or problem.num_train
     self.val_batch = problem.val_batch_size or problem.num_val
@@ -136,14 +140,20 @@ class SingleLoopEngine:
     u = p.space.unconstrain(p.space.default())
     k1, k2, k3 = jax.random.split(jax.random.fold_in(key, 2), 3)
     return ChainState(
-        step=jnp.asarray(0, jnp.int32), u=u, params=params,
+        step=jnp.asarray(0, jnp.int32),
+        weight_steps=jnp.asarray(0, jnp.int32), u=u, params=params,
         hyper=self.tx.init(u), opt_state=self.optimizer.init(u),
         key=jax.random.key_data(k1),
         train_order=jax.random.permutation(k2, p.num_train),
         val_order=jax.random.permutation(k3, p.num_val))
 
-  def step(self, state: ChainState) -> tuple[ChainState, RoundRecord]:
-    """One round (``inner_steps`` weight steps), compiled."""
+  def step(self, state: ChainState) -> tuple[ChainState, StepRecord]:
+    """One round (``inner_steps`` weight steps), compiled.
+
+    The record's ``val_loss`` is on the whole validation set at the round's
+    end; ``grad_norm``, ``num_iters``, ``residual`` and ``converged`` are the
+    last update's; ``finite`` says no update of the round was refused.
+    """
     p = self.problem
     return self._jit_round(state, p.train_data, p.val_data)
 
@@ -187,7 +197,8 @@ class SingleLoopEngine:
     updates, opt_state = self.optimizer.update(g, state.opt_state, u)
     ok = all_finite(w)  # training that blew up keeps the previous weights
     w = optax.tree.where(ok, w, state.params)
-    return state._replace(step=state.step + warm, u=optax.apply_updates(
+    return state._replace(weight_steps=state.weight_steps + warm,
+                          u=optax.apply_updates(
         u, updates), params=w, hyper=hyper, opt_state=opt_state), g
 
   def _round(self, state, train, val):
@@ -197,11 +208,15 @@ class SingleLoopEngine:
       return self._iteration(carry[0], train, val)
 
     g = jax.tree.map(jnp.zeros_like, state.u)
-    state, g = jax.lax.fori_loop(0, max(1, self.rounds_of // self.warm), body,
-                                 (state, g))
+    refused = state.hyper.num_refused
+    state, g = jax.lax.fori_loop(0, max(1, self.inner_steps // self.warm),
+                                 body, (state, g))
+    hyper = state.hyper
+    # λ moved during the round; the record holds where it ended, which is
+    # what a report retrains from scratch.
     hparams = p.space.constrain(state.u)
-    record = RoundRecord(
-        val_loss=p.val_loss(state.params, hparams, val), hparams=hparams,
-        grad_norm=optax.tree.norm(g), residual=state.hyper.residual,
-        num_refused=state.hyper.num_refused)
-    return state, record
+    record = StepRecord(
+        val_loss=p.val_loss(state.params, hparams, val), hparams=hparams, grad_norm=optax.tree.norm(g),
+        num_iters=hyper.num_iters, residual=hyper.residual,
+        converged=hyper.converged, finite=hyper.num_refused == refused)
+    return state._replace(step=state.step + 1), record

@@ -20,10 +20,13 @@ too. :func:`minibatch_hypergrad` offers the three controls:
   falls like ``1/(K·|S|)``) and ``∇L_val`` the mean of the ``K`` gradients.
 * **A stopping rule at the noise floor** (``noise_floor=True``): the system
   itself is only known to the relative accuracy of its noisy parts, so CG
-  stops at ``max(tol, c·ε)``, with ``ε² = ε_b² + ε_H²`` the relative
-  standard errors of ``∇_w L_val`` and of ``H b̂`` estimated from the spread
-  of the ``K`` batches (``K ≥ 2``), instead of running to ``maxiter`` after
-  a tolerance the noise makes unreachable.
+  stops at ``min(max(tol, c·ε), max_tol)``, with ``ε² = ε_b² + ε_H²`` the
+  relative standard errors of ``∇_w L_val`` and of ``H b̂`` estimated from
+  the spread of the ``K`` batches (``K ≥ 2``), instead of running to
+  ``maxiter`` after a tolerance the noise makes unreachable. ``max_tol``
+  (default 0.1) keeps a solve from stopping at once when the noise is as
+  large as the signal; the returned ``noise_floor`` says so (average more
+  batches).
 
 The train step must be a gradient step (:func:`hippojax.gradient_step`),
 whose Hessian form this uses.
@@ -54,7 +57,8 @@ class MinibatchHyperGrad(NamedTuple):
     noise_floor: ``c·ε``, the relative accuracy to which the minibatch
       system is known (``0`` when not estimated: ``K = 1`` or
       ``noise_floor=False``).
-    tol: the tolerance CG was held to, ``max(tol, noise_floor)``.
+    tol: the tolerance CG was held to, ``min(max(tol, noise_floor),
+      max_tol)``.
   """
 
   grad: PyTree
@@ -85,7 +89,8 @@ def _spread(stack: PyTree, mean: PyTree) -> jax.Array:
 @functools.partial(jax.jit, static_argnames=(
     "train_step", "val_loss", "stacked_val", "maxiter", "noise_floor"))
 def _core(train_step, val_loss, hparams, params, train_batch, val_batch,
-          hessian_batches, init, tol, damping, floor_scale, *, stacked_val,
+          hessian_batches, init, tol, damping, floor_scale, max_tol, *,
+          stacked_val,
           maxiter, noise_floor):
   loss = train_step.loss
   vg = jax.value_and_grad(val_loss, argnums=(0, 1))
@@ -116,7 +121,7 @@ def _core(train_step, val_loss, hparams, params, train_batch, val_batch,
       h = hvps(unit)
       eps2 += _spread(h, mean0(h)) ** 2
     floor = floor_scale * jnp.sqrt(eps2)
-  eff_tol = jnp.maximum(tol, floor)
+  eff_tol = jnp.maximum(tol, jnp.minimum(floor, max_tol))
   z, stats = solvers_lib.conjugate_gradient(matvec, v_w, init, tol=eff_tol,
                                             maxiter=maxiter)
   _, vjp_lam = jax.vjp(lambda lam: grad_w(params, lam, train_batch), hparams)
@@ -143,7 +148,8 @@ def minibatch_hypergrad(train_step: Callable, val_loss: Callable,
                         hessian_batches: PyTree | None = None,
                         stacked_val: bool = False, tol: float = 1e-3,
                         maxiter: int = 100, noise_floor: bool = True,
-                        floor_scale: float = 1.0, damping: float = 0.0,
+                        floor_scale: float = 1.0, max_tol: float = 0.1,
+                        damping: float = 0.0,
                         init: PyTree | None = None) -> MinibatchHyperGrad:
   r"""The implicit hypergradient on minibatches, with its bias controls.
 
@@ -164,6 +170,7 @@ def minibatch_hypergrad(train_step: Callable, val_loss: Callable,
     noise_floor: stop at ``max(tol, floor_scale·ε)`` (module docstring);
       needs ``K ≥ 2`` Hessian or validation batches to estimate ``ε``.
     floor_scale: ``c`` in the stopping rule (default 1).
+    max_tol: the loosest tolerance the noise floor may set (default 0.1).
     damping: ``δ >= 0`` added to the operator.
     init: warm start for ``z``.
 
@@ -183,6 +190,7 @@ def minibatch_hypergrad(train_step: Callable, val_loss: Callable,
   checks.check_positive("tol", tol)
   checks.check_int("maxiter", maxiter, 1)
   checks.check_positive("floor_scale", floor_scale)
+  checks.check_positive("max_tol", max_tol)
   damping = implicit_lib.check_damping(damping)
   if not isinstance(noise_floor, bool) or not isinstance(stacked_val, bool):
     raise TypeError("noise_floor and stacked_val must be True or False.")
@@ -198,5 +206,5 @@ def minibatch_hypergrad(train_step: Callable, val_loss: Callable,
   return _core(train_step, val_loss, hparams, params, train_batch, val_batch,
                hessian_batches, init, jnp.asarray(tol, dtype),
                jnp.asarray(damping, dtype), jnp.asarray(floor_scale, dtype),
-               stacked_val=stacked_val, maxiter=maxiter,
+               jnp.asarray(max(max_tol, tol), dtype), stacked_val=stacked_val, maxiter=maxiter,
                noise_floor=noise_floor)
