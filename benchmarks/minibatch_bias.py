@@ -39,7 +39,7 @@ L2 = 0.1
 
 def main():
   args = _common.parser(__doc__).parse_args()
-  draws = 10 if args.quick else 100
+  draws = 10 if args.quick else 50
   info = _common.run_info()
   p = problems.get("logreg-ijcnn1-like")
   h = p.as_hparams({"l2": L2})

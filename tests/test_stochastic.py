@@ -237,3 +237,14 @@ def test_minibatch_hypergrad_refuses_other_steps():
   with pytest.raises(ValueError, match="gradient_step"):
     hippojax.minibatch_hypergrad(lambda w, l, b: w, lambda w, l, b: 0.0,
                                  jnp.ones(1), jnp.ones(1), None, None)
+
+
+def test_saga_memory_mean_stays_exact_with_repeated_examples():
+  from hippojax._src.stochastic import saba as saba_lib
+  table = saba_lib._table(jax.ShapeDtypeStruct((2,), jnp.float64), 5)  # pylint: disable=W0212
+  rng = np.random.default_rng(0)
+  for _ in range(6):
+    idx = jnp.asarray(rng.integers(0, 5, 4))  # repeats on purpose
+    new = jnp.asarray(rng.normal(size=(4, 2)))
+    _, table = saba_lib._saga(table, idx, new, 5)  # pylint: disable=W0212
+    np.testing.assert_allclose(table.mean, table.rows.mean(0), atol=1e-12)

@@ -109,8 +109,7 @@ class Problem:
 
     Returns ``(indices, batch)``: ``batch_size`` (``val_batch_size``)
     examples drawn uniformly with replacement, and their rows of every leaf
-    of the split's data (SABA needs distinct examples per batch: draw those
-    from shuffled epochs instead). With a ``None`` size it returns all examples in order.
+    of the split's data. With a ``None`` size it returns all examples in order.
     Traceable; ``key`` is a typed PRNG key.
     """
     data, size = {"train": (self.train_data, self.batch_size),

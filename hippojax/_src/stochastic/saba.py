@@ -25,9 +25,9 @@ does not exploit that.) ``init`` computes the size and refuses, naming it,
 when it exceeds ``max_memory_bytes``.
 
 The training step must average a per-example loss (so the full-batch step
-is the mean of the per-example steps), and each minibatch must hold
-distinct examples (sampled without replacement), named by ``train_indices``
-and ``val_indices``. The memories start at zero and fill during the first
+is the mean of the per-example steps); ``train_indices`` and
+``val_indices`` name the examples of each minibatch (drawn with or without
+replacement: an example drawn twice is memorised once). The memories start at zero and fill during the first
 epoch. Besides the hyperparameter direction, the state's ``inner_step`` is
 the variance-reduced estimate of ``Φ(w) − w``: adding it to the weights
 (``w ← w + state.extra.inner_step``) instead of a plain SGD step makes the
@@ -110,6 +110,7 @@ def _table(like: PyTree, n: int) -> SagaTable:
 
 def _saga(table: SagaTable, idx: jax.Array, new: PyTree, n: int):
   """The SAGA estimate of the mean of a term, and the updated memory."""
+  counts = jnp.sum(idx[:, None] == idx[None, :], axis=1)
 
   def leaf(rows, mean, t):
     t, old = t.astype(rows.dtype), rows[idx]
@@ -118,8 +119,13 @@ def _saga(table: SagaTable, idx: jax.Array, new: PyTree, n: int):
     ok = jnp.all(jnp.isfinite(t), axis=tuple(range(1, t.ndim)))
     t = jnp.where(ok.reshape((-1,) + (1,) * (t.ndim - 1)), t, old)
     diff = t - old
-    return (jnp.mean(diff, axis=0) + mean, rows.at[idx].set(t),
-            mean + jnp.sum(diff, axis=0) / n)
+    rows = rows.at[idx].set(t)
+    # An example drawn twice in one batch is stored once: count what was
+    # stored, each distinct example once, so that the running mean stays
+    # the mean of the rows (O(B²) comparisons, B the batch size).
+    stored = (rows[idx] - old) / counts.reshape((-1,) + (1,) * (t.ndim - 1))
+    return (jnp.mean(diff, axis=0) + mean, rows,
+            mean + jnp.sum(stored, axis=0) / n)
 
   out = jax.tree.map(leaf, table.rows, table.mean, new)
   est, rows, mean = jax.tree.transpose(jax.tree.structure(table.mean),
