@@ -18,6 +18,7 @@ _OPTION_FLAGS = {
     "inner_steps": int, "outer_lr": float, "num_iters": int, "tol": float,
     "maxiter": int, "unroll_steps": int, "n_startup_trials": int,
     "linear_rate": float, "warm_steps": int, "linear_steps": int,
+    "damping": float,
 }
 
 
@@ -229,6 +230,8 @@ def _add_method_options(p) -> None:
   g.add_argument("--linear-rate", dest="linear_rate", type=float,
                  help="soba, saba, amigo: step on the linear-system variable "
                       "relative to the natural one (1)")
+  g.add_argument("--damping", type=float,
+                 help="soba, saba, amigo: damping of the linear system (0)")
   g.add_argument("--warm-steps", dest="warm_steps", type=int,
                  help="amigo: weight steps per hypergradient (5)")
   g.add_argument("--linear-steps", dest="linear_steps", type=int,

@@ -45,10 +45,12 @@ METHOD_OPTIONS = {
     "hoag": {**_GRADIENT, "tol": 1e-4, "maxiter": 100},
     "drmad": {**_GRADIENT, "unroll_steps": 100},
     "reverse": {**_GRADIENT, "unroll_steps": 100, "remat": False},
-    "soba": {**_COMMON, "outer_lr": 0.05, "linear_rate": 1.0},
-    "saba": {**_COMMON, "outer_lr": 0.05, "linear_rate": 1.0},
+    "soba": {**_COMMON, "outer_lr": 0.05, "linear_rate": 1.0,
+             "damping": 0.0},
+    "saba": {**_COMMON, "outer_lr": 0.05, "linear_rate": 1.0,
+             "damping": 0.0},
     "amigo": {**_COMMON, "outer_lr": 0.05, "linear_rate": 1.0,
-              "warm_steps": 5, "linear_steps": 5},
+              "damping": 0.0, "warm_steps": 5, "linear_steps": 5},
     "random": dict(_COMMON),
     "tpe": {**_COMMON, "n_startup_trials": 10, "multivariate": False},
 }
@@ -67,6 +69,12 @@ def _check_option(method: str, name: str, value: Any) -> Any:
       raise ValueError(f"{method} option {name} must be >= {ints[name]}, got "
                        f"{value!r}.")
     return int(value)
+  if name == "damping":
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+        not 0 <= value < math.inf):
+      raise ValueError(f"{method} option damping must be a number >= 0, got "
+                       f"{value!r}.")
+    return float(value)
   if name in ("outer_lr", "tol", "linear_rate"):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
       raise TypeError(f"{method} option {name} must be a number, got "
@@ -158,7 +166,7 @@ def create_study(method: str = "hoag", *, storage: Any = None,
       tail of the inner budget); ``reverse``: ``remat`` (False); ``tpe``:
       ``n_startup_trials`` (10), ``multivariate`` (False); ``soba``,
       ``saba``, ``amigo``: ``outer_lr`` (0.05, Adam per minibatch),
-      ``linear_rate`` (1.0); ``amigo``: ``warm_steps`` (5),
+      ``linear_rate`` (1.0), ``damping`` (0.0); ``amigo``: ``warm_steps`` (5),
       ``linear_steps`` (5).
 
   Returns:

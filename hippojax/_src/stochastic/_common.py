@@ -51,14 +51,16 @@ class Step(NamedTuple):
 
 
 def directions(train_step, val_loss, hparams, params, q, train_batch,
-               val_batch) -> Step:
-  """The hypergradient estimate and the linear-system residual at ``q``."""
+               val_batch, damping=0.0) -> Step:
+  """The hypergradient estimate and the residual of the (damped) linear
+  system ``(I − Jᵀ + δI) q = ∇_w L_val`` at ``q``."""
   value, (g_w, g_lam) = jax.value_and_grad(val_loss, argnums=(0, 1))(
       params, hparams, val_batch)
   new, vjp = jax.vjp(lambda w, lam: train_step(w, lam, train_batch), params,
                      hparams)
   jt_q, bt_q = vjp(q)
-  direction = jax.tree.map(lambda a, b, c: a - b - c, q, jt_q, g_w)
+  direction = jax.tree.map(lambda a, b, c: (1 + damping) * a - b - c, q,
+                           jt_q, g_w)
   return Step(value, optax.tree.add(g_lam, bt_q), direction, g_w,
               optax.tree.sub(new, params))
 
@@ -115,10 +117,15 @@ class SingleLoop(Method):
 
   ``q`` lives in the transform's ``warm_start`` (so ``inner_params_like`` is
   required); an update whose result is refused keeps the old ``q``.
+  ``damping`` ``δ >= 0`` solves ``(I − Jᵀ + δI) q = ∇_w L_val``: the
+  Richardson step then contracts even where the training loss has small
+  negative curvature (non-convex networks), at the price of a bias of order
+  ``δ``.
   """
 
   inner_params_like: Any = None
   linear_rate: float = 1.0
+  damping: float = 0.0
 
   required = ("inner_params",)
   optional = ("train_batch", "val_batch")
@@ -133,6 +140,10 @@ class SingleLoop(Method):
     object.__setattr__(self, "inner_params_like", jax.eval_shape(
         lambda t: t, self.inner_params_like))
     checks.check_positive("linear_rate", self.linear_rate)
+    if isinstance(self.damping, bool) or not isinstance(
+        self.damping, (int, float)) or not 0 <= self.damping < float("inf"):
+      raise ValueError(f"damping must be a finite number >= 0, got "
+                       f"{self.damping!r}.")
 
   def init(self, hparams, dtype) -> MethodState:
     del hparams

@@ -58,7 +58,8 @@ class Amigo(_common.SingleLoop):
     tb, vb = extra.get("train_batch"), extra.get("val_batch")
 
     def one(q, batches):
-      step = _common.directions(train_step, val_loss, hparams, w, q, *batches)
+      step = _common.directions(train_step, val_loss, hparams, w, q, *batches,
+                                self.damping)
       return optax.tree.add_scale(q, -self.linear_rate, step.direction), step
 
     m = self.linear_steps

@@ -130,6 +130,7 @@ class SingleLoopEngine:
     self.tx = hypergradient(self._step_u, self._val_u, method=method,
                             inner_params_like=like,
                             linear_rate=float(options.get("linear_rate", 1.0)),
+                            damping=float(options.get("damping", 0.0)),
                             **extra)
     self._jit_round = jax.jit(self._round)
 

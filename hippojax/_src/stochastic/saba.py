@@ -226,7 +226,8 @@ class Saba(_common.SingleLoop):
     g_w, val_weights = _saga(mem.val_weights, vi, g_w, m)
     g_lam, val_hyper = _saga(mem.val_hyper, vi, g_lam, m)
 
-    direction = optax.tree.sub(lin, g_w)
+    direction = jax.tree.map(lambda a, b, c: a + self.damping * c - b, lin,
+                             g_w, q)
     step = _common.Step(jnp.mean(values), optax.tree.add(g_lam, hyp),
                         direction, g_w, disp)
     q_new = optax.tree.add_scale(q, -self.linear_rate, direction)

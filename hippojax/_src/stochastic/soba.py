@@ -32,13 +32,15 @@ from hippojax._src.stochastic import _common
 @register("soba")
 @dataclasses.dataclass(frozen=True, eq=False)
 class Soba(_common.SingleLoop):
-  """SOBA; options ``inner_params_like`` (required) and ``linear_rate``."""
+  """SOBA; options ``inner_params_like`` (required), ``linear_rate``,
+  ``damping``."""
 
   def hypergrad(self, state, hparams, extra, *, train_step, val_loss):
     w = extra["inner_params"]
     q = _common.q_like(state.warm_start, w)
     hparams = checks.as_float_tree("hparams", hparams)
     step = _common.directions(train_step, val_loss, hparams, w, q,
-                              extra.get("train_batch"), extra.get("val_batch"))
+                              extra.get("train_batch"), extra.get("val_batch"),
+                              self.damping)
     q_new = optax.tree.add_scale(q, -self.linear_rate, step.direction)
     return _common.result(step, hparams, w, q_new, 1), None
