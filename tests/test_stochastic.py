@@ -5,6 +5,7 @@ docs: per minibatch, one SGD step on the weights (SABA: its variance-reduced
 step), one transform update on fresh minibatches, one SGD step on ``λ``.
 """
 
+import dataclasses
 import functools
 
 import jax
@@ -248,3 +249,47 @@ def test_saga_memory_mean_stays_exact_with_repeated_examples():
     new = jnp.asarray(rng.normal(size=(4, 2)))
     _, table = saba_lib._saga(table, idx, new, 5)  # pylint: disable=W0212
     np.testing.assert_allclose(table.mean, table.rows.mean(0), atol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# Minibatch problems, studies and the command line.
+
+
+def test_minibatch_problem_samples_batches_and_trains():
+  from hippojax import problems
+  p = problems.get("logreg-ijcnn1-like")
+  assert p.num_train == 25_000 and p.num_hparams == 22
+  assert p.batch_size == 256 and p.val_batch_size == 256
+  idx, (x, y) = p.sample(jax.random.key(0))
+  assert idx.shape == (256,) and x.shape == (256, 22)
+  np.testing.assert_array_equal(x, p.train_data[0][idx])
+  full_idx, _ = p.sample(jax.random.key(0), "val")
+  assert full_idx.shape == (256,)
+  # Training is deterministic in the seed, and the seed moves the stream.
+  w0 = p.train(p.space.default(), seed=0, num_steps=50)
+  w1 = p.train(p.space.default(), seed=0, num_steps=50)
+  w2 = p.train(p.space.default(), seed=1, num_steps=50)
+  np.testing.assert_array_equal(w0["w"], w1["w"])
+  assert not np.allclose(w0["w"], w2["w"])
+  with pytest.raises(ValueError, match="batch_size"):
+    dataclasses.replace(p, batch_size=0)
+
+
+def test_single_loop_study_records_rounds_and_cli_accepts_methods(tmp_path):
+  study = hippojax.create_study("soba", storage=":memory:", inner_steps=50,
+                                damping=0.0)
+  study.optimize("logreg-ijcnn1-like", n_steps=2)
+  trials = study.chain_trials()
+  assert len(trials) == 2
+  assert all(np.isfinite(t.value) for t in trials)
+  assert trials[1].user_attrs["inner_steps"] == 100
+  with pytest.raises(ValueError, match="linear_steps"):
+    hippojax.create_study("amigo", linear_steps=0)
+  with pytest.raises(ValueError, match="unknown option 'linear_steps'"):
+    hippojax.create_study("soba", linear_steps=3)
+  from hippojax._src import cli
+  args = cli.build_parser().parse_args(
+      ["run", "--problem", "logreg-ijcnn1-like", "--method", "amigo",
+       "--linear-steps", "2", "--warm-steps", "2"])
+  assert cli._method_options(args, "amigo") == {  # pylint: disable=W0212
+      "linear_steps": 2, "warm_steps": 2}
