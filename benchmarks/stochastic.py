@@ -49,6 +49,9 @@ FULL = {"problems": PROBLEMS,
 # (they take one step per minibatch, so a smaller one than hoag's per outer
 # step), and AmIGO's weight and linear steps per hypergradient.
 SINGLE_LOOP_LR = 0.05
+# The MLP's training loss is non-convex: damp the linear system so that the
+# step on q contracts, and take smaller steps on λ.
+SINGLE_LOOP_OPTIONS = {"mlp-mnist1d-10k": {"outer_lr": 0.01, "damping": 0.05}}
 AMIGO = {"warm_steps": 5, "linear_steps": 5}
 # Full-batch gradient steps per hoag outer step (warm-started): each costs
 # n / batch_size minibatch steps, so the minibatch budget would starve it.
@@ -92,7 +95,8 @@ def _run_chain(problem, method, budget, step_fn, init):
 
 def run_single_loop(problem, method, budget):
   opts = {"inner_steps": max(1, problem.inner_steps // 4),
-          "outer_lr": SINGLE_LOOP_LR, **(AMIGO if method == "amigo" else {})}
+          "outer_lr": SINGLE_LOOP_LR, **(AMIGO if method == "amigo" else {}),
+          **SINGLE_LOOP_OPTIONS.get(problem.name, {})}
   eng = engine_lib.SingleLoopEngine(problem, method, opts)
 
   def step(state):
@@ -170,11 +174,19 @@ def summarise(history, target, plain_seconds, higher_is_better):
 
 
 def main():
-  args = _common.parser(__doc__).parse_args()
+  parser = _common.parser(__doc__)
+  parser.add_argument("--problems", help="comma-separated subset to rerun; "
+                      "their entries replace those in the existing JSON")
+  parser.add_argument("--methods", help="comma-separated subset of methods")
+  args = parser.parse_args()
   if args.render:
     render(args)
     return
-  cfg = QUICK if args.quick else FULL
+  cfg = dict(QUICK if args.quick else FULL)
+  if args.problems:
+    cfg["problems"] = args.problems.split(",")
+  if args.methods:
+    cfg["methods"] = args.methods.split(",")
   info = _common.run_info()
   results = {**info, "mode": "quick" if args.quick else "full",
              "budget_seconds": cfg["budget"],
@@ -202,6 +214,13 @@ def main():
     results["problems"][name] = summarise_problem(entry)
   results["load_after"] = _common.load()
   name = "stochastic_quick" if args.quick else "stochastic"
+  if args.problems:  # merge into the earlier run, keeping its other problems
+    old = _common.read(name, args.out)
+    old["problems"].update(results["problems"])
+    old["command"] += f"; {results['command']}"
+    old["single_loop_options"] = SINGLE_LOOP_OPTIONS
+    results = old
+  results["single_loop_options"] = SINGLE_LOOP_OPTIONS
   _common.write(name, results, markdown(results), args.out)
 
 
