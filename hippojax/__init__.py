@@ -28,6 +28,8 @@ from hippojax._src.steps import HeavyBallStep
 from hippojax._src.steps import heavy_ball_step
 from hippojax._src.storage import ChainBusyError
 from hippojax._src.storage import StorageError
+from hippojax._src.stochastic.maid import maid
+from hippojax._src.stochastic.maid import MaidResult
 from hippojax._src.stochastic.minibatch import minibatch_hypergrad
 from hippojax._src.stochastic.minibatch import MinibatchHyperGrad
 from hippojax._src.stochastic.saba import memory_bytes as saba_memory_bytes
@@ -57,6 +59,7 @@ __all__ = (
     "HyperGradInfo",
     "HypergradientDescentState",
     "HypergradientState",
+    "MaidResult",
     "MinibatchHyperGrad",
     "Neumann",
     "SabaMemory",
@@ -75,6 +78,7 @@ __all__ = (
     "ift",
     "implicit_hypergrad",
     "load_study",
+    "maid",
     "minibatch_hypergrad",
     "problems",
     "reverse",

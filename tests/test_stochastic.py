@@ -293,3 +293,15 @@ def test_single_loop_study_records_rounds_and_cli_accepts_methods(tmp_path):
        "--linear-steps", "2", "--warm-steps", "2"])
   assert cli._method_options(args, "amigo") == {  # pylint: disable=W0212
       "linear_steps": 2, "warm_steps": 2}
+
+
+def test_maid_reaches_the_optimal_hyperparameters():
+  prob = _problem()
+  res = hippojax.maid(prob.train_step, prob.val_loss, jnp.zeros(3),
+                      jnp.zeros(5), prob.train_data, prob.val_data,
+                      num_steps=40, eps=1e-2, delta=1e-2)
+  assert _rel(np.asarray(res.hparams), prob.hparams_star) < 0.01
+  assert any(h["accepted"] for h in res.history)
+  with pytest.raises(ValueError, match="gradient_step"):
+    hippojax.maid(lambda w, l, b: w, prob.val_loss, jnp.zeros(3),
+                  jnp.zeros(5), None, None)
