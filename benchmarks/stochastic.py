@@ -101,7 +101,7 @@ def run_single_loop(problem, method, budget):
 
   def step(state):
     state, rec = eng.step(state)
-    return state, rec.hparams, int(state.step)
+    return state, rec.hparams, int(state.weight_steps)
 
   return _run_chain(problem, method, budget, step, lambda: eng.init(0))
 

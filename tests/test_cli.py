@@ -25,7 +25,8 @@ def test_problems_lists_one_line_each(capsys):
   lines = out.strip().splitlines()
   assert [l.split()[0] for l in lines] == [
       "ridge-diabetes", "logreg-breast-cancer", "mlp-digits",
-      "hyper-cleaning-digits", "mlp-mnist1d"]
+      "hyper-cleaning-digits", "mlp-mnist1d", "mlp-mnist1d-10k",
+      "hyper-cleaning-mnist1d", "logreg-ijcnn1-like"]
 
 
 @pytest.mark.parametrize("argv, expected", [
@@ -35,7 +36,7 @@ def test_problems_lists_one_line_each(capsys):
       "1"], "invalid choice: 'sgd' (choose from 't1t2', 'ift', 'hoag'"),
     (["compare", "--methods", "hoag,bayes", "--budget", "1"],
      "unknown method(s) bayes; choose from t1t2, ift, hoag, drmad, reverse, "
-     "random, tpe"),
+     "soba, saba, amigo, random, tpe"),
     (["compare", "--problem", "mnist", "--budget", "1"],
      "invalid choice: 'mnist'"),
     (["run", "--problem", "ridge-diabetes", "--method", "ift", "--steps",

@@ -225,8 +225,8 @@ def test_noise_floor_stops_cg_early_and_reports_converged():
   plain = hippojax.minibatch_hypergrad(prob.train_step, prob.val_loss, lam, w,
                                        tb, vals, noise_floor=False, **kw)
   assert 0.01 < float(floor.noise_floor) < 1.0
-  assert bool(floor.info.converged) and float(floor.tol) == float(
-      floor.noise_floor)
+  assert bool(floor.info.converged) and float(floor.tol) == pytest.approx(
+      min(float(floor.noise_floor), 0.1))
   assert int(floor.info.num_iters) < int(plain.info.num_iters)
   # Stopping at the noise floor changes the answer by less than the
   # minibatch error that solving to 1e-10 leaves anyway.
