@@ -277,7 +277,9 @@ def markdown(results: dict) -> str:
       "it (a warm persistent cache, or a longer run, approaches them). "
       "Target: "
       f"{TARGET_FRACTION:.0%} of the improvement over the default that hoag "
-      "achieved in its budget.", ""]
+      "achieved in its budget (the default itself where hoag did not "
+      "improve on it). Single-loop options per problem: "
+      f"{results.get('single_loop_options', {})}.", ""]
   for name, e in results["problems"].items():
     lines += [f"### {name}", "",
               f"{e['num_hparams']} hyperparameters, {e['num_train']} training "

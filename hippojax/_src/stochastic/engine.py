@@ -132,7 +132,9 @@ class SingleLoopEngine:
                             linear_rate=float(options.get("linear_rate", 1.0)),
                             damping=float(options.get("damping", 0.0)),
                             **extra)
-    self._jit_round = jax.jit(self._round)
+    # The state is donated: SABA's memories are then updated in place
+    # instead of copied once more per round.
+    self._jit_round = jax.jit(self._round, donate_argnums=0)
 
   def init(self, seed: int) -> ChainState:
     p = self.problem
@@ -140,13 +142,15 @@ class SingleLoopEngine:
     params = p.init_params(key)
     u = p.space.unconstrain(p.space.default())
     k1, k2, k3 = jax.random.split(jax.random.fold_in(key, 2), 3)
-    return ChainState(
+    state = ChainState(
         step=jnp.asarray(0, jnp.int32),
         weight_steps=jnp.asarray(0, jnp.int32), u=u, params=params,
         hyper=self.tx.init(u), opt_state=self.optimizer.init(u),
         key=jax.random.key_data(k1),
         train_order=jax.random.permutation(k2, p.num_train),
         val_order=jax.random.permutation(k3, p.num_val))
+    # Distinct buffers for every leaf, since step() donates the state.
+    return jax.tree.map(lambda x: jnp.array(x, copy=True), state)
 
   def step(self, state: ChainState) -> tuple[ChainState, StepRecord]:
     """One round (``inner_steps`` weight steps), compiled.
