@@ -3,8 +3,8 @@
 On ``logreg-ijcnn1-like`` (22 per-feature L2 strengths, 25,000 examples)
 the weights are trained to a fixed point with full-batch gradient descent at
 L2 strength 0.1 on every feature (over-regularised, so that the
-hypergradient is large against the noise), and the exact hypergradient ``g`` is solved
-there with CG to 1e-8. Then, for minibatch sizes 16, 64 and 256, ``R``
+hypergradient is large against the noise), and the exact hypergradient
+``g`` is solved there with CG to 1e-8. Then, for minibatch sizes 16, 64 and 256, ``R``
 independent minibatch estimates ``ĝ`` are drawn with
 :func:`hippojax.minibatch_hypergrad` in four variants:
 

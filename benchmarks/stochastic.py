@@ -1,4 +1,4 @@
-"""Minibatch problems: single-loop SOBA/SABA/AmIGO vs full-batch HOAG, TPE, random.
+"""Minibatch problems: single-loop methods vs full-batch HOAG, TPE, random.
 
 On the three minibatch problems (``logreg-ijcnn1-like``,
 ``hyper-cleaning-mnist1d``, ``mlp-mnist1d-10k``), each method runs from the
@@ -309,8 +309,8 @@ def markdown(results: dict) -> str:
     lines += [_common.table(
         ["method", "s to target", "cost to target (x training)",
          "fraction of hoag", "compile s (est.)", "s to target after compile",
-         "fraction of hoag after compile", "final val loss", f"final {e['metric_name']}",
-         "s total", "cost total (x training)"], rows), ""]
+         "fraction of hoag after compile", "final val loss",
+         f"final {e['metric_name']}", "s total", "cost total (x training)"], rows), ""]
   return "\n".join(lines)
 
 

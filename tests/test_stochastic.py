@@ -242,12 +242,13 @@ def test_minibatch_hypergrad_refuses_other_steps():
 
 def test_saga_memory_mean_stays_exact_with_repeated_examples():
   from hippojax._src.stochastic import saba as saba_lib
-  table = saba_lib._table(jax.ShapeDtypeStruct((2,), jnp.float64), 5)  # pylint: disable=W0212
+  # pylint: disable=protected-access
+  table = saba_lib._table(jax.ShapeDtypeStruct((2,), jnp.float64), 5)
   rng = np.random.default_rng(0)
   for _ in range(6):
     idx = jnp.asarray(rng.integers(0, 5, 4))  # repeats on purpose
     new = jnp.asarray(rng.normal(size=(4, 2)))
-    _, table = saba_lib._saga(table, idx, new, 5)  # pylint: disable=W0212
+    _, table = saba_lib._saga(table, idx, new, 5)
     np.testing.assert_allclose(table.mean, table.rows.mean(0), atol=1e-12)
 
 

@@ -221,7 +221,8 @@ class SingleLoopEngine:
     # what a report retrains from scratch.
     hparams = p.space.constrain(state.u)
     record = StepRecord(
-        val_loss=p.val_loss(state.params, hparams, val), hparams=hparams, grad_norm=optax.tree.norm(g),
+        val_loss=p.val_loss(state.params, hparams, val),
+        hparams=hparams, grad_norm=optax.tree.norm(g),
         num_iters=hyper.num_iters, residual=hyper.residual,
         converged=hyper.converged, finite=hyper.num_refused == refused)
     return state._replace(step=state.step + 1), record

@@ -206,5 +206,6 @@ def minibatch_hypergrad(train_step: Callable, val_loss: Callable,
   return _core(train_step, val_loss, hparams, params, train_batch, val_batch,
                hessian_batches, init, jnp.asarray(tol, dtype),
                jnp.asarray(damping, dtype), jnp.asarray(floor_scale, dtype),
-               jnp.asarray(max(max_tol, tol), dtype), stacked_val=stacked_val, maxiter=maxiter,
+               jnp.asarray(max(max_tol, tol), dtype),
+               stacked_val=stacked_val, maxiter=maxiter,
                noise_floor=noise_floor)

@@ -18,6 +18,9 @@ All data is generated locally from installed packages, no network:
   25,000 / 12,500 / 12,500.
 """
 
+# The problems share the data helpers of hippojax._src.problems.
+# pylint: disable=protected-access
+
 import functools
 import os
 import pathlib
@@ -86,9 +89,9 @@ def mnist1d_arrays(num_samples: int = MNIST1D_SAMPLES):
 def _mlp_mnist1d_10k(x64: bool) -> base.Problem:
   del x64
   x, y, xe, ye = mnist1d_arrays()
-  order = np.random.default_rng(base._SPLIT_SEED).permutation(len(y))  # pylint: disable=W0212
+  order = np.random.default_rng(base._SPLIT_SEED).permutation(len(y))
   tr, va = order[:10_000], order[10_000:12_000]
-  xt, xv, xe = base._standardise(x[tr], x[va], xe)  # pylint: disable=W0212
+  xt, xv, xe = base._standardise(x[tr], x[va], xe)
   sizes = (xt.shape[1], 32, 32, 10)
   space = SearchSpace((suggest_float("weight_decay", 1e-6, 1e-1, log=True,
                                      shape=(len(sizes) - 1,)),))
@@ -96,10 +99,10 @@ def _mlp_mnist1d_10k(x64: bool) -> base.Problem:
       name="mlp-mnist1d-10k",
       description=("tanh MLP 40-32-32-10 on 10,000 MNIST-1D examples, SGD on "
                    "minibatches of 128, per-layer weight decay (3 hparams)"),
-      space=space, train_step=gradient_step(base._mlp_loss, 0.2),  # pylint: disable=W0212
-      val_loss=base._mlp_ce, init_params=base._mlp_init(sizes),  # pylint: disable=W0212
-      **base._labelled((xt, xv, xe), (y[tr], y[va], ye)),  # pylint: disable=W0212
-      test_metric=base._mlp_accuracy, inner_steps=3000, outer_lr=0.05,  # pylint: disable=W0212
+      space=space, train_step=gradient_step(base._mlp_loss, 0.2),
+      val_loss=base._mlp_ce, init_params=base._mlp_init(sizes),
+      **base._labelled((xt, xv, xe), (y[tr], y[va], ye)),
+      test_metric=base._mlp_accuracy, inner_steps=3000, outer_lr=0.05,
       batch_size=128, val_batch_size=128)
 
 
@@ -122,19 +125,19 @@ def _cleaning_loss(params, hparams, batch):
 def _hyper_cleaning_mnist1d(x64: bool) -> base.Problem:
   del x64
   x, y, xe, ye = mnist1d_arrays()
-  order = np.random.default_rng(base._SPLIT_SEED + 2).permutation(len(y))  # pylint: disable=W0212
+  order = np.random.default_rng(base._SPLIT_SEED + 2).permutation(len(y))
   tr, va = order[:5_000], order[5_000:7_000]
-  xt, xv, xe = base._standardise(x[tr], x[va], xe)  # pylint: disable=W0212
+  xt, xv, xe = base._standardise(x[tr], x[va], xe)
   yt = y[tr].copy()
-  rng = np.random.default_rng(base._SPLIT_SEED + 3)  # pylint: disable=W0212
+  rng = np.random.default_rng(base._SPLIT_SEED + 3)
   corrupted = rng.random(len(tr)) < 0.5
   shift = rng.integers(1, 10, size=len(tr))  # a different class, uniformly
   yt = np.where(corrupted, (yt + shift) % 10, yt)
   n, d = xt.shape
-  f = base._float  # pylint: disable=W0212
+  f = base._float
   space = SearchSpace((suggest_float("weight", 0.0, 1.0, shape=(n,),
                                      init=0.5),))
-  curvature = base._max_eig(xt, 0.5) + _CLEANING_L2  # pylint: disable=W0212
+  curvature = base._max_eig(xt, 0.5) + _CLEANING_L2
   return base.Problem(
       name="hyper-cleaning-mnist1d",
       description=("data hyper-cleaning on 5,000 MNIST-1D examples, one "
@@ -142,10 +145,10 @@ def _hyper_cleaning_mnist1d(x64: bool) -> base.Problem:
                    f"{corrupted.mean():.0%} of training labels corrupted; "
                    "linear softmax model, minibatches of 64"),
       space=space, train_step=gradient_step(_cleaning_loss, 1.0 / curvature),
-      val_loss=base._softmax_ce, init_params=base._linear_init(d, 10),  # pylint: disable=W0212
+      val_loss=base._softmax_ce, init_params=base._linear_init(d, 10),
       train_data=(f(xt), jnp.asarray(yt), jnp.arange(n)),
       val_data=(f(xv), jnp.asarray(y[va])), test_data=(f(xe), jnp.asarray(ye)),
-      test_metric=base._softmax_accuracy, metric_name="test accuracy",  # pylint: disable=W0212
+      test_metric=base._softmax_accuracy, metric_name="test accuracy",
       higher_is_better=True, inner_steps=2000, outer_lr=0.3,
       extras={"corrupted": corrupted}, batch_size=64, val_batch_size=64)
 
@@ -158,8 +161,8 @@ def ijcnn1_like():
       n_samples=50_000, n_features=22, n_informative=8, n_redundant=6,
       n_clusters_per_class=2, weights=[0.9, 0.1], flip_y=0.03,
       class_sep=0.8, random_state=0)
-  tr, va, te = base._split(len(y))  # pylint: disable=W0212
-  xs = base._standardise(x[tr], x[va], x[te])  # pylint: disable=W0212
+  tr, va, te = base._split(len(y))
+  xs = base._standardise(x[tr], x[va], x[te])
   return xs, [y[i].astype(float) for i in (tr, va, te)]
 
 
@@ -168,10 +171,10 @@ def _logreg_ijcnn1_like(x64: bool) -> base.Problem:
   del x64
   (xt, xv, xe), (yt, yv, ye) = ijcnn1_like()
   d = xt.shape[1]
-  f = base._float  # pylint: disable=W0212
+  f = base._float
   space = SearchSpace((suggest_float("l2", 1e-5, 1e1, log=True, shape=(d,)),))
-  step = gradient_step(base._logreg_loss,  # pylint: disable=W0212
-                       base._max_rate(base._max_eig(xt, 0.25)))  # pylint: disable=W0212
+  step = gradient_step(base._logreg_loss,
+                       base._max_rate(base._max_eig(xt, 0.25)))
 
   def init(key):
     del key
@@ -183,23 +186,23 @@ def _logreg_ijcnn1_like(x64: bool) -> base.Problem:
       description=("logistic regression with one L2 strength per feature "
                    f"({d} hparams) on 25,000 synthetic ijcnn1-like examples "
                    "(scikit-learn make_classification), minibatches of 256"),
-      space=space, train_step=step, val_loss=base._binary_ce,  # pylint: disable=W0212
+      space=space, train_step=step, val_loss=base._binary_ce,
       init_params=init, train_data=(f(xt), f(yt)), val_data=(f(xv), f(yv)),
-      test_data=(f(xe), f(ye)), test_metric=base._binary_accuracy,  # pylint: disable=W0212
+      test_data=(f(xe), f(ye)), test_metric=base._binary_accuracy,
       metric_name="test accuracy", higher_is_better=True, inner_steps=2000,
       outer_lr=0.1, batch_size=256, val_batch_size=256)
 
 
 def mlp_mnist1d_10k() -> base.Problem:
   """A tanh MLP on 10,000 MNIST-1D examples trained by minibatch SGD."""
-  return _mlp_mnist1d_10k(base._x64())  # pylint: disable=W0212
+  return _mlp_mnist1d_10k(base._x64())
 
 
 def hyper_cleaning_mnist1d() -> base.Problem:
   """Data hyper-cleaning on MNIST-1D, half the labels corrupted, minibatch."""
-  return _hyper_cleaning_mnist1d(base._x64())  # pylint: disable=W0212
+  return _hyper_cleaning_mnist1d(base._x64())
 
 
 def logreg_ijcnn1_like() -> base.Problem:
   """Per-feature-L2 logistic regression on a synthetic ijcnn1 stand-in."""
-  return _logreg_ijcnn1_like(base._x64())  # pylint: disable=W0212
+  return _logreg_ijcnn1_like(base._x64())

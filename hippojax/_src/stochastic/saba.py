@@ -27,8 +27,8 @@ when it exceeds ``max_memory_bytes``.
 The training step must average a per-example loss (so the full-batch step
 is the mean of the per-example steps); ``train_indices`` and
 ``val_indices`` name the examples of each minibatch (drawn with or without
-replacement: an example drawn twice is memorised once). The memories start at zero and fill during the first
-epoch. Besides the hyperparameter direction, the state's ``inner_step`` is
+replacement: an example drawn twice is memorised once). The memories
+start at zero and fill during the first epoch. Besides the hyperparameter direction, the state's ``inner_step`` is
 the variance-reduced estimate of ``Φ(w) − w``: adding it to the weights
 (``w ← w + state.extra.inner_step``) instead of a plain SGD step makes the
 whole loop SABA.
