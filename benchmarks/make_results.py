@@ -16,9 +16,10 @@ import pathlib
 
 HERE = pathlib.Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-ORDER = ["accuracy", "symmetric_products", "overhead", "vs_jaxopt", "roofline",
+ORDER = ["accuracy", "nonconvex", "safeguards", "symmetric_products",
+         "overhead", "vs_jaxopt", "roofline",
          "memory", "scale", "compile", "million_hparams", "vs_hippotrainer",
-         "time_to_target"]
+         "time_to_target", "optuna_params"]
 
 HEADER = """# Benchmark results
 

@@ -54,7 +54,9 @@ def run_method(problem, method: str, target: float, budget: float) -> dict:
   reached = {}
 
   def callback(study_, record):
-    if record["val_loss"] <= target and not reached:
+    # The trial's value: retrained from scratch, for both kinds of method.
+    value = record.get("value")
+    if value is not None and value <= target and not reached:
       reached.update(step=record["step"], wall=record["wall_seconds"])
       study_.stop()
 

@@ -11,6 +11,8 @@ from hippojax._src.base import SolverStats
 from hippojax._src.implicit import hoag
 from hippojax._src.implicit import ift
 from hippojax._src.implicit import implicit_hypergrad
+from hippojax._src.implicit_diff import custom_fixed_point
+from hippojax._src.implicit_diff import custom_root
 from hippojax._src.one_step import t1t2
 from hippojax._src.online_lr import hypergradient_descent
 from hippojax._src.online_lr import HypergradientDescentState
@@ -26,6 +28,10 @@ from hippojax._src.steps import gradient_step
 from hippojax._src.steps import HeavyBallState
 from hippojax._src.steps import HeavyBallStep
 from hippojax._src.steps import heavy_ball_step
+from hippojax._src.steps import optax_step
+from hippojax._src.steps import OptaxState
+from hippojax._src.steps import OptaxStep
+from hippojax._src.chain import ChainFailedError
 from hippojax._src.storage import ChainBusyError
 from hippojax._src.storage import StorageError
 from hippojax._src.stochastic.maid import maid
@@ -50,6 +56,7 @@ __all__ = (
     "BiCGStab",
     "CG",
     "ChainBusyError",
+    "ChainFailedError",
     "FloatParam",
     "GMRES",
     "GradientStep",
@@ -62,12 +69,16 @@ __all__ = (
     "MaidResult",
     "MinibatchHyperGrad",
     "Neumann",
+    "OptaxState",
+    "OptaxStep",
     "SabaMemory",
     "SearchSpace",
     "SolverStats",
     "StorageError",
     "Study",
     "create_study",
+    "custom_fixed_point",
+    "custom_root",
     "drmad",
     "forward",
     "gradient_step",
@@ -80,6 +91,7 @@ __all__ = (
     "load_study",
     "maid",
     "minibatch_hypergrad",
+    "optax_step",
     "problems",
     "reverse",
     "saba_memory_bytes",

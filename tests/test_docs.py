@@ -29,6 +29,7 @@ RUNNABLE = {
     "docs/pytorch.md": None,
     "docs/studies.md": None,
     "docs/stochastic.md": None,
+    "docs/jaxopt.md": None,
 }
 
 _FENCE = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
@@ -91,11 +92,19 @@ def test_readme_documentation_links_exist():
       assert (ROOT / link).exists(), link
 
 
+# Runs each program, then checks that every jitted function it left behind
+# compiled once: an example that recompiles (weak-typed hyperparameters, a
+# changing static argument) teaches users a slow loop.
 _DRIVER = """
 import json, sys
 for i, program in enumerate(json.loads(sys.argv[1])):
   print(f"--- program {i}", flush=True)
-  exec(compile(program, f"<program {i}>", "exec"), {"__name__": "__main__"})
+  g = {"__name__": "__main__"}
+  exec(compile(program, f"<program {i}>", "exec"), g)
+  for name, obj in g.items():
+    size = getattr(obj, "_cache_size", None)
+    if callable(size) and size() > 1:
+      sys.exit(f"program {i}: jitted {name} compiled {size()} times")
 """
 
 
@@ -124,5 +133,6 @@ def test_site_builds_strict(tmp_path):
     assert (site / page).is_file(), page
   api = (site / "api" / "index.html").read_text()
   for name in ("hippojax.hypergradient", "hippojax.create_study",
-               "hippojax.torch.wrap", "hippojax.problems.get"):
+               "hippojax.torch.wrap", "hippojax.problems.get",
+               "hippojax.custom_root", "hippojax.custom_fixed_point"):
     assert f'id="{name}"' in api, name

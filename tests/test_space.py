@@ -114,3 +114,25 @@ def test_unconstrain_default_dtype_follows_x64():
   assert u["a"].dtype == jnp.zeros(()).dtype
   u32 = space.unconstrain(space.default(), jnp.float32)
   assert u32["a"].dtype == jnp.float32
+
+
+def test_initial_points_differ_by_seed_and_stay_in_bounds():
+  space = SearchSpace((
+      hippojax.suggest_float("ridge", 1e-4, 10.0, log=True, shape=(10,)),
+      hippojax.suggest_float("lr", 0.0, 1.0, init=0.25)))
+  zero = space.initial(0)
+  np.testing.assert_array_equal(zero["ridge"], space.default()["ridge"])
+  assert zero["lr"] == 0.25
+  seen = []
+  for seed in (1, 2, 3):
+    point = space.initial(seed)
+    np.testing.assert_array_equal(point["ridge"], space.initial(seed)["ridge"])
+    logs = np.log(point["ridge"])
+    a, b = np.log(1e-4), np.log(10.0)
+    assert np.all(logs >= a + 0.05 * (b - a) - 1e-12)
+    assert np.all(logs <= b - 0.05 * (b - a) + 1e-12)
+    assert 0.05 <= float(point["lr"]) <= 0.95
+    assert point["ridge"].shape == (10,) and np.shape(point["lr"]) == ()
+    seen.append(point["ridge"])
+  assert not np.array_equal(seen[0], seen[1])
+  assert not np.array_equal(seen[1], seen[2])

@@ -32,17 +32,19 @@ CHILD = textwrap.dedent("""
     jobs = json.loads(sys.argv[1])
     kill_in = jobs[-1].get("kill_in_trial")  # inside this black-box trial
 
-    if kill_in is not None:
+    def kill_inside_trial(k):
       validate = problems.Problem.validate
       calls = [0]
       def killing_validate(self, *args, **kwargs):
-        if calls[0] == kill_in:
+        if calls[0] == k:
           os.kill(os.getpid(), signal.SIGKILL)
         calls[0] += 1
         return validate(self, *args, **kwargs)
       problems.Problem.validate = killing_validate
 
     for cfg in jobs:
+      if cfg is jobs[-1] and kill_in is not None:
+        kill_inside_trial(kill_in)  # (gradient trials retrain with validate)
       kill_at = cfg.get("kill_at")  # after recording this step
 
       def callback(study, record):
@@ -133,19 +135,26 @@ def test_unreachable_storage_is_a_clear_error_and_writes_nothing(tmp_path):
   assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+@pytest.mark.parametrize("kind", ["sqlite", "journal", "directory"])
 def test_a_new_process_view_resumes_from_the_checkpoint(tmp_path, kind):
-  storage = (f"sqlite:///{tmp_path}/s.db" if kind == "sqlite" else
-             str(tmp_path / "s.log"))
+  storage = (str(tmp_path / "s.log") if kind == "journal" else
+             f"sqlite:///{tmp_path}/s.db")
+  where = {"checkpoint_dir": str(tmp_path / "ckpt")} if kind == "directory" \
+      else {}
   first = hippojax.create_study("hoag", storage=storage, study_name="s",
-                                checkpoint_every=2, **FAST)
+                                checkpoint_every=2, **where, **FAST)
   first.optimize("ridge-diabetes", n_steps=4)
-  ckpt = tmp_path / ("s.db.checkpoints" if kind == "sqlite" else
-                     "s.log.checkpoints") / "s" / "chain-0"
-  assert sorted(os.listdir(ckpt)) == ["2", "4"]
+  if kind == "directory":
+    assert sorted(os.listdir(tmp_path / "ckpt" / "s" / "chain-0")) == [
+        "2", "4"]
+  else:  # in the storage itself, nothing beside it
+    attrs = first.storage.get_study_system_attrs(
+        first.optuna_study._study_id)
+    assert [e["step"] for e in attrs["hippojax.checkpoint.0"]] == [4, 2]
+    assert not [f for f in os.listdir(tmp_path) if "checkpoint" in f]
   # A fresh Study object has no in-memory state: it restores step 4.
   second = hippojax.create_study("hoag", storage=storage, study_name="s",
-                                 checkpoint_every=2, **FAST)
+                                 checkpoint_every=2, **where, **FAST)
   second.optimize("ridge-diabetes", n_steps=7)
   once = hippojax.create_study("hoag", storage=":memory:", **FAST)
   once.optimize("ridge-diabetes", n_steps=7)
@@ -205,17 +214,25 @@ def test_checkpoint_written_with_other_options_is_refused(tmp_path):
     other.optimize("ridge-diabetes", n_steps=4)
 
 
-def test_a_chain_run_by_another_process_is_refused(tmp_path):
-  storage = f"sqlite:///{tmp_path}/s.db"
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_a_chain_run_by_another_process_is_refused(tmp_path, kind):
+  from hippojax._src.lease import ChainLease
+  storage = (str(tmp_path / "s.log") if kind == "journal" else
+             f"sqlite:///{tmp_path}/s.db")
   study = hippojax.create_study("hoag", storage=storage, study_name="s",
                                 **FAST)
-  lock_dir = tmp_path / "s.db.checkpoints" / "s"
-  with storage_lib.chain_lock(str(lock_dir), "s", 0):
+  other = hippojax.create_study("hoag", storage=storage, study_name="s",
+                                **FAST)
+  held = ChainLease(other.storage, other.optuna_study._study_id, "s", 0)
+  with held:
     with pytest.raises(hippojax.ChainBusyError, match="seed 0 of study 's' "
                        "is being run by"):
       study.optimize("ridge-diabetes", n_steps=2)
+    study.seed = 1  # another seed is free
+    study.optimize("ridge-diabetes", n_steps=1)
+  study.seed = 0
   study.optimize("ridge-diabetes", n_steps=2)  # free again
-  assert len(study.trials) == 2
+  assert len(study.trials) == 3
 
 
 def test_dead_workers_running_trials_are_marked_failed(tmp_path):
@@ -349,3 +366,88 @@ def test_processes_creating_one_new_sqlite_file_at_once_all_open_it(
   assert [p.returncode for p in procs] == [0] * 4, errors
   optuna.create_study(storage=url, study_name="x")
   assert optuna.get_all_study_names(url) == ["x"]
+
+
+# ---------------------------------------------------------------------------
+# Chain leases in the storage.
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_a_silent_owner_loses_its_lease_and_stops(tmp_path, kind):
+  from hippojax._src.lease import ChainLease
+  storage = (str(tmp_path / "s.log") if kind == "journal" else
+             f"sqlite:///{tmp_path}/s.db")
+  study = hippojax.create_study("hoag", storage=storage, study_name="s",
+                                **FAST)
+  sid = study.optuna_study._study_id
+  owner = ChainLease(study.storage, sid, "s", 0, ttl=0.5)
+  owner.acquire()
+  owner._stop.set()  # its heartbeat stops, as in a hung or cut-off process
+  owner._thread.join()
+  other = ChainLease(study.storage, sid, "s", 0, ttl=0.5)
+  with pytest.raises(hippojax.ChainBusyError, match="is being run by"):
+    other.acquire()  # still fresh
+  time.sleep(0.7)
+  if kind == "journal":  # the journal's lock file is per process; drop it
+    owner._release_file_lock()
+  other.acquire()
+  assert "sent no heartbeat" in other.taken_over
+  with pytest.raises(hippojax.ChainBusyError, match="was taken over by"):
+    owner.check()
+  assert owner.lost
+  other.check()  # still the owner
+  other.release()
+  owner.release()
+
+
+LEASER = textwrap.dedent("""
+    import os, sys, time
+    import hippojax
+    from hippojax._src.lease import ChainLease
+    storage, flags, me = sys.argv[1], sys.argv[2], sys.argv[3]
+    study = hippojax.create_study("hoag", storage=storage, study_name="s")
+    lease = ChainLease(study.storage, study.optuna_study._study_id, "s", 0)
+    open(os.path.join(flags, "ready-" + me), "w").close()
+    while not os.path.exists(os.path.join(flags, "go")):
+      time.sleep(0.001)
+    try:
+      lease.acquire()
+      won = True
+    except hippojax.ChainBusyError:
+      won = False
+    open(os.path.join(flags, ("won-" if won else "busy-") + me), "w").close()
+    while not os.path.exists(os.path.join(flags, "done")):
+      time.sleep(0.01)  # the winner holds the lease until all have tried
+    if won:
+      lease.release()
+""")
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_of_workers_starting_one_chain_at_once_exactly_one_wins(tmp_path,
+                                                                 kind):
+  storage = (str(tmp_path / "s.log") if kind == "journal" else
+             f"sqlite:///{tmp_path}/s.db")
+  hippojax.create_study("hoag", storage=storage, study_name="s")
+  flags = tmp_path / "flags"
+  flags.mkdir()
+  procs = [subprocess.Popen([sys.executable, "-c", LEASER, storage,
+                             str(flags), str(i)], stderr=subprocess.PIPE,
+                            text=True) for i in range(4)]
+
+  def wait_for(prefix, n):
+    deadline = time.time() + 120
+    while time.time() < deadline:
+      names = [f for f in os.listdir(flags) if f.startswith(prefix)]
+      if len(names) >= n or any(p.poll() is not None for p in procs):
+        return names
+      time.sleep(0.01)
+    return []
+
+  assert len(wait_for("ready-", 4)) == 4
+  (flags / "go").touch()  # all four try at once
+  outcomes = wait_for(("won-", "busy-"), 4)
+  (flags / "done").touch()
+  errs = [p.communicate(timeout=120)[1] for p in procs]
+  assert [p.returncode for p in procs] == [0] * 4, errs
+  assert sorted(f.split("-")[0] for f in outcomes) == ["busy"] * 3 + ["won"]

@@ -51,7 +51,15 @@ def exact_ridge(theta, batch):
 
 def run_demo(outer_steps: int = 40, inner_steps: int = 300,
              seed: int = 0) -> dict:
-  """Runs the demo and returns its numbers (also printed by the CLI)."""
+  """Runs the demo and returns its numbers (also printed by the CLI).
+
+  Raises:
+    ValueError: if ``outer_steps`` or ``inner_steps`` is below 1.
+  """
+  for name, value in (("outer_steps", outer_steps),
+                      ("inner_steps", inner_steps)):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
   train, val = diabetes_splits(seed)
   x = train[0]
   curvature = float(jnp.linalg.eigvalsh(x.T @ x / x.shape[0]).max())

@@ -121,9 +121,12 @@ def _fixed_point_system(train_step, hparams, params, batch, symmetric,
     jt = lambda v: vjp(v)[0]
   matvec = _damped(lambda q: optax.tree.sub(q, jt(q)), damping)
   certify = None
-  if symmetric:
+  if symmetric and not getattr(train_step, "symmetric_by_construction",
+                               False):
     # The shortcut is only as good as the symmetry; measure the residual
-    # with the true Jᵀ (one VJP) so that a wrong declaration shows.
+    # with the true Jᵀ (one VJP) so that a wrong declaration shows. Only
+    # the library's own gradient step with a constant scalar rate, whose
+    # Jacobian I − ηH is symmetric because H is a Hessian, is exempt.
     def certify(q):
       _, vjp = jax.vjp(step_w, params)
       return optax.tree.add_scale(optax.tree.sub(q, vjp(q)[0]), damping, q)
@@ -167,6 +170,79 @@ def _cast_like(tree: PyTree, like: PyTree) -> PyTree:
   return jax.tree.map(lambda t, l: t.astype(l.dtype), tree, like)
 
 
+def _root_system(optimality_fun, hparams, params, batch, symmetric,
+                 damping) -> _System:
+  r"""``(∂F/∂w + δI)ᵀ u = b`` for a root ``F(w, λ, batch) = 0``.
+
+  The cotangent of ``λ`` is ``−(∂F/∂λ)ᵀ u``. With ``F = ∇_w L_train`` this is
+  the Hessian form; with ``F = Φ(w) − w`` the fixed-point form (``u = −q``).
+  ``displacement`` is ``F(w)`` itself: ``w`` is only a root where it is 0.
+  """
+  fun_w = lambda w: optimality_fun(w, hparams, batch)
+  if symmetric:
+    value, jvp = jax.linearize(fun_w, params)
+    op = jvp
+  else:
+    value, vjp = jax.vjp(fun_w, params)
+    op = lambda u: vjp(u)[0]
+  matvec = _damped(op, damping)
+  certify = None
+  if symmetric:
+    def certify(u):
+      _, vjp = jax.vjp(fun_w, params)
+      return optax.tree.add_scale(vjp(u)[0], damping, u)
+
+  _, vjp_lam = jax.vjp(lambda lam: optimality_fun(params, lam, batch),
+                       hparams)
+  pullback = lambda u: jax.tree.map(jnp.negative, vjp_lam(u)[0])
+  return _System(matvec, certify, pullback, value)
+
+
+def _finite(tree: PyTree) -> jax.Array:
+  """Every inexact leaf of ``tree`` is finite (``float0`` leaves skipped)."""
+  leaves = [x for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  return jnp.isfinite(optax.tree.norm(leaves)) if leaves else jnp.asarray(True)
+
+
+def solve_implicit(sys: _System, b: PyTree, solve: Callable,
+                   init: PyTree | None, params: PyTree, *, tol=None,
+                   fixed_point_tol: float | None = None
+                   ) -> tuple[PyTree, HyperGradInfo]:
+  """The implicit rule: solve ``A q = b``, certify ``q``, pull it back.
+
+  One implementation for :func:`implicit_core` (with ``b = ∇_w L_val``) and
+  the decorators :func:`hippojax.custom_root` and
+  :func:`hippojax.custom_fixed_point` (with ``b`` the cotangent of the
+  solution). Returns the hyperparameter cotangent ``sys.pullback(q)`` and a
+  :class:`HyperGradInfo` whose ``converged`` requires a certified residual
+  ``<= tol`` (default: the solver's), finite values and
+  ``fixed_point_residual <= fixed_point_tol``.
+  """
+  q, stats = solve(sys.matvec, b, init)
+  residual, converged = stats.residual, stats.converged
+  if sys.certify is not None:
+    tol = solvers_lib.resolve_tol(
+        getattr(solve, "tol", None) if tol is None else tol, b)
+    residual = solvers_lib.relative_residual(sys.certify, b, q)
+    converged = converged & (residual <= tol)
+  # A non-finite system (e.g. nan in ∇_w L_val) can stop a solver at once
+  # with a finite but meaningless q; make that visible in the result too.
+  finite = _finite(b) & _finite(q)
+  q = optax.tree.where(finite, q, optax.tree.full_like(q, jnp.nan))
+  cotangent = sys.pullback(q)
+  fp_residual = relative_norm(sys.displacement, params)
+  if fixed_point_tol is None:
+    fixed_point_tol = default_fixed_point_tol(params)
+  converged = (converged & finite & _finite(cotangent) &
+               (fp_residual <= fixed_point_tol))
+  info = HyperGradInfo(
+      num_iters=stats.num_iters, residual=residual, converged=converged,
+      solution=q, fixed_point_residual=fp_residual.astype(residual.dtype),
+      curvature=jnp.asarray(stats.curvature, residual.dtype))
+  return cotangent, info
+
+
 def implicit_core(train_step, val_loss, hparams, params, train_batch,
                   val_batch, init, solve, *, symmetric: bool,
                   system: str = "fixed_point", damping=0.0, tol=None,
@@ -194,30 +270,12 @@ def implicit_core(train_step, val_loss, hparams, params, train_batch,
   else:
     sys = _fixed_point_system(train_step, hparams, params, train_batch,
                               symmetric, damping)
-  q, stats = solve(sys.matvec, v_w, init)
-  residual, converged = stats.residual, stats.converged
-  if sys.certify is not None:
-    tol = solvers_lib.resolve_tol(
-        getattr(solve, "tol", None) if tol is None else tol, v_w)
-    residual = solvers_lib.relative_residual(sys.certify, v_w, q)
-    converged = converged & (residual <= tol)
-  # A non-finite system (e.g. nan in ∇_w L_val) can stop a solver at once
-  # with a finite but meaningless q; make that visible in the result too.
-  finite = jnp.isfinite(optax.tree.norm(v_w)) & jnp.isfinite(
-      optax.tree.norm(q))
-  q = optax.tree.where(finite, q, optax.tree.full_like(q, jnp.nan))
-  grad = _cast_like(optax.tree.add(v_lam, sys.pullback(q)), hparams)
-  fp_residual = relative_norm(sys.displacement, params)
-  if fixed_point_tol is None:
-    fixed_point_tol = default_fixed_point_tol(params)
-  converged = (converged & finite & jnp.isfinite(value) &
-               jnp.isfinite(optax.tree.norm(grad)) &
-               (fp_residual <= fixed_point_tol))
-  info = HyperGradInfo(
-      num_iters=stats.num_iters, residual=residual, converged=converged,
-      solution=q, fixed_point_residual=fp_residual.astype(residual.dtype),
-      curvature=jnp.asarray(stats.curvature, residual.dtype))
-  return HyperGrad(grad, value, info)
+  cotangent, info = solve_implicit(sys, v_w, solve, init, params, tol=tol,
+                                   fixed_point_tol=fixed_point_tol)
+  grad = _cast_like(optax.tree.add(v_lam, cotangent), hparams)
+  converged = (info.converged & jnp.isfinite(value) &
+               jnp.isfinite(optax.tree.norm(grad)))
+  return HyperGrad(grad, value, info._replace(converged=converged))
 
 
 @functools.partial(
@@ -387,7 +445,9 @@ def ift(train_step: Callable, val_loss: Callable, hparams: PyTree,
     num_iters: number of Neumann terms beyond the first, ``>= 0``.
     tol: relative residual under which ``info.converged`` is reported (the
       series is never cut short).
-    symmetric, damping, fixed_point_tol: as in :func:`implicit_hypergrad`.
+    symmetric: as in :func:`implicit_hypergrad`.
+    damping: as in :func:`implicit_hypergrad`.
+    fixed_point_tol: as in :func:`implicit_hypergrad`.
 
   Returns:
     A :class:`HyperGrad`.
@@ -444,8 +504,10 @@ def hoag(train_step: Callable, val_loss: Callable, hparams: PyTree,
       float64, ``1e-4`` in float32.
     maxiter: maximum CG iterations, ``>= 1``.
     init: warm start for the solution.
-    symmetric, system, damping, fixed_point_tol: as in
-      :func:`implicit_hypergrad`.
+    symmetric: as in :func:`implicit_hypergrad`.
+    system: as in :func:`implicit_hypergrad`.
+    damping: as in :func:`implicit_hypergrad`.
+    fixed_point_tol: as in :func:`implicit_hypergrad`.
 
   Returns:
     A :class:`HyperGrad` whose ``info`` has CG's iterations, relative residual,

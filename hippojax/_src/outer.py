@@ -5,7 +5,13 @@ One outer step, compiled once per (problem, method, options):
 1. ``λ = σ-bijection(u)`` (see :mod:`hippojax._src.space`);
 2. ``inner_steps`` warm-started training steps at ``λ``;
 3. the hypergradient ``d L_val / d u`` by the chosen method (through ``λ(u)``);
-4. an Adam step on ``u``; a non-finite hypergradient is replaced by zero.
+4. an Adam step on ``u``; a refused hypergradient is replaced by zero.
+
+The implicit methods run through the same method objects as
+:func:`hippojax.hypergradient`, with the same safeguards: a hypergradient
+that is not finite or whose certified residual is above ``max_residual`` is
+refused, a diverged solve resets the warm start, and damping adapts (raised
+at non-positive curvature, lowered after converged solves).
 
 The implicit methods (``t1t2``, ``ift``, ``hoag``) take the hypergradient at
 the trained weights. The unrolled methods (``reverse``, ``drmad``) spend the
@@ -24,9 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from hippojax._src import methods as methods_lib
 from hippojax._src.base import all_finite
-from hippojax._src.implicit import hoag, ift
-from hippojax._src.one_step import t1t2
 from hippojax._src.space import SearchSpace
 from hippojax._src.unrolled import drmad, reverse
 
@@ -47,6 +52,8 @@ class OuterState(NamedTuple):
     opt_state: the Adam state on ``u``.
     solution: warm start of the linear solve (``hoag``), shaped like params.
     key: PRNG key data (uint32) that initialised ``params``.
+    damping: damping of the next linear solve (implicit methods; adapted).
+    tol: tolerance of the next linear solve (``0`` without one).
   """
 
   step: jax.Array
@@ -55,6 +62,8 @@ class OuterState(NamedTuple):
   opt_state: PyTree
   solution: PyTree
   key: jax.Array
+  damping: jax.Array
+  tol: jax.Array
 
 
 class StepRecord(NamedTuple):
@@ -67,7 +76,11 @@ class StepRecord(NamedTuple):
     num_iters: the method's ``info.num_iters``.
     residual: the method's ``info.residual``.
     converged: the method's ``info.converged``.
-    finite: whether the hypergradient was finite (else it was zeroed).
+    finite: whether the hypergradient was accepted (finite, and for the
+      implicit methods a residual within ``max_residual``); else it was
+      zeroed.
+    fixed_point_residual: the method's ``info.fixed_point_residual``.
+    damping: the damping the step's linear solve used.
   """
 
   val_loss: jax.Array
@@ -77,6 +90,8 @@ class StepRecord(NamedTuple):
   residual: jax.Array
   converged: jax.Array
   finite: jax.Array
+  fixed_point_residual: jax.Array
+  damping: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +107,39 @@ class _OnU:
   @property
   def symmetric_jacobian(self) -> bool:
     return bool(getattr(self.fn, "symmetric_jacobian", False))
+
+
+@dataclasses.dataclass(frozen=True)
+class _GradientStepOnU:
+  """A problem's gradient step as a function of raw ``u``, keeping what the
+  implicit methods read from it (its loss, for the Hessian form)."""
+
+  step: Any
+  space: SearchSpace
+
+  def __call__(self, params, u, batch):
+    return self.step(params, self.space.constrain(u), batch)
+
+  @property
+  def symmetric_jacobian(self) -> bool:
+    return bool(getattr(self.step, "symmetric_jacobian", False))
+
+  @property
+  def symmetric_by_construction(self) -> bool:
+    return bool(getattr(self.step, "symmetric_by_construction", False))
+
+  def loss(self, params, u, batch):
+    return self.step.loss(params, self.space.constrain(u), batch)
+
+  def apply_gradient(self, params, u, batch, grads):
+    return self.step.apply_gradient(params, self.space.constrain(u), batch,
+                                    grads)
+
+
+def _step_on_u(step, space):
+  from hippojax._src.implicit import declares_loss  # pylint: disable=C0415
+  return (_GradientStepOnU(step, space) if declares_loss(step) else
+          _OnU(step, space))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,8 +200,15 @@ class Engine:
     self.inner_steps = int(options["inner_steps"])
     self.optimizer = optax.adam(float(options["outer_lr"]))
     space = problem.space
-    self._step_u = _OnU(problem.train_step, space)
+    self._step_u = _step_on_u(problem.train_step, space)
     self._val_u = _OnU(problem.val_loss, space)
+    self._method = None
+    if method in IMPLICIT:
+      own = {"ift": ("num_iters",), "hoag": ("tol", "maxiter")}.get(method, ())
+      kwargs = {k: options[k] for k in own if k in options}
+      if method == "hoag":  # the study's tolerance is fixed, not scheduled
+        kwargs["decay"] = 1.0
+      self._method = methods_lib.build(method, kwargs)
     if method in UNROLLED:
       self.unroll_steps = min(int(options["unroll_steps"]), self.inner_steps)
       _, dtypes = _as_float_leaves(problem.train_data)
@@ -169,10 +224,17 @@ class Engine:
     u = space.unconstrain(space.default())
     key = jax.random.key_data(jax.random.key(seed))
     params = self.problem.init_params(jax.random.wrap_key_data(key))
+    dtype = jax.tree.leaves(params)[0].dtype
+    tol = 0.0
+    damping = 0.0
+    if self._method is not None:
+      ms = self._method.init(u, dtype)
+      tol, damping = ms.tol, ms.damping
     return OuterState(
         step=jnp.asarray(0, jnp.int32), u=u, params=params,
         opt_state=self.optimizer.init(u),
-        solution=jax.tree.map(jnp.zeros_like, params), key=key)
+        solution=jax.tree.map(jnp.zeros_like, params), key=key,
+        damping=jnp.asarray(damping, dtype), tol=jnp.asarray(tol, dtype))
 
   def step(self, state: OuterState) -> tuple[OuterState, StepRecord]:
     """One outer step (compiled)."""
@@ -191,19 +253,20 @@ class Engine:
     opts = self.options
     plain = self.inner_steps - self.unroll_steps
     w = self._train(state.params, hparams, train, plain)
-    solution = state.solution
+    solution, damping, tol = state.solution, state.damping, state.tol
     if self.method in IMPLICIT:
       value = p.val_loss(w, hparams, val)
-      if self.method == "t1t2":
-        hg = t1t2(self._step_u, self._val_u, u, w, train, val)
-      elif self.method == "ift":
-        hg = ift(self._step_u, self._val_u, u, w, train, val,
-                 num_iters=int(opts["num_iters"]))
-      else:
-        hg = hoag(self._step_u, self._val_u, u, w, train, val,
-                  tol=float(opts["tol"]), maxiter=int(opts["maxiter"]),
-                  init=state.solution)
-        solution = hg.info.solution
+      warm = solution if self.method == "hoag" else None
+      ms = methods_lib.MethodState(tol, warm, damping, None)
+      hg, _ = self._method.hypergrad(
+          ms, u, {"inner_params": w, "train_batch": train, "val_batch": val},
+          train_step=self._step_u, val_loss=self._val_u)
+      accepted = all_finite(hg.grad) & ~jnp.isnan(
+          hg.info.residual) & self._method.accept(hg)
+      ms = self._method.next_state(ms, hg, accepted, None)
+      if self.method == "hoag":
+        solution = ms.warm_start
+      damping, tol = ms.damping, ms.tol
     else:
       data, _ = _as_float_leaves(train)
       w_end = self._train(w, hparams, train, self.unroll_steps)
@@ -215,7 +278,8 @@ class Engine:
                    (w_end, data), None, val, num_steps=self.unroll_steps)
       w = w_end
       value = p.val_loss(w, hparams, val)
-    finite = all_finite(hg.grad)
+      accepted = all_finite(hg.grad)
+    finite = accepted
     grad = jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)),
                         hg.grad)
     updates, opt_state = self.optimizer.update(grad, state.opt_state, u)
@@ -228,11 +292,14 @@ class Engine:
         lambda a, b: jnp.where(solution_ok, a, jnp.zeros_like(b)),
         solution, state.params)
     new_state = OuterState(state.step + 1, new_u, w, opt_state, solution,
-                           state.key)
+                           state.key, damping.astype(state.damping.dtype),
+                           tol.astype(state.tol.dtype))
     record = StepRecord(
         val_loss=value, hparams=hparams, grad_norm=optax.tree.norm(hg.grad),
         num_iters=hg.info.num_iters, residual=hg.info.residual,
-        converged=hg.info.converged, finite=finite)
+        converged=hg.info.converged, finite=finite,
+        fixed_point_residual=hg.info.fixed_point_residual,
+        damping=state.damping)
     return new_state, record
 
 

@@ -692,6 +692,13 @@ EXTRA_PROBLEMS = {
     "logreg-digits": logreg_digits,
 }
 
+EXTRA_DESCRIPTIONS = {
+    "ridge-diabetes-scalar": "ridge on diabetes with one ridge strength (1 "
+                             "hparam, exact closed form)",
+    "logreg-digits": "softmax regression on digits, one L2 strength per "
+                     "weight (640 hparams)",
+}
+
 
 def names() -> list[str]:
   """The names of the built-in problems."""

@@ -159,6 +159,12 @@ class FloatParam:
       v = 0.5 * (self.low + self.high)
     return np.full(self.shape, v, np.float64)
 
+  def sample(self, rng: np.random.Generator) -> np.ndarray:
+    """Uniform on the (log) scale over the middle 90% of the range."""
+    a, b = self._interval()
+    z = rng.uniform(a + 0.05 * (b - a), b - 0.05 * (b - a), self.shape)
+    return np.exp(z) if self.log else z
+
   def describe(self) -> dict:
     """A JSON-able description, used to refuse resuming a changed space."""
     return {"name": self.name, "low": self.low, "high": self.high,
@@ -258,6 +264,19 @@ class SearchSpace:
   def default(self) -> dict:
     """The starting values ``{name: float64 array}``."""
     return {p.name: p.default() for p in self.params}
+
+  def initial(self, seed: int) -> dict:
+    """Where the gradient chain of ``seed`` starts ``{name: float64 array}``.
+
+    Seed 0 starts from :meth:`default` (``init`` or the midpoint); every
+    other seed from a point drawn with ``numpy.random.default_rng(seed)``,
+    each element uniform on the (log) scale over the middle 90% of its
+    range, so that workers with different seeds explore different chains.
+    """
+    if seed == 0:
+      return self.default()
+    rng = np.random.default_rng(seed)
+    return {p.name: p.sample(rng) for p in self.params}
 
   def describe(self) -> list[dict]:
     return [p.describe() for p in self.params]

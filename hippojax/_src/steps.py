@@ -12,6 +12,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 PyTree = Any
 Rate = float | Callable[[PyTree, PyTree], jax.Array]
@@ -100,6 +101,12 @@ class GradientStep:
   @property
   def symmetric_jacobian(self) -> bool:
     return isinstance(self.learning_rate, (int, float))
+
+  @property
+  def symmetric_by_construction(self) -> bool:
+    """``I − ηH`` is symmetric as a matter of fact, not of declaration, so
+    the implicit methods need not certify their residual against ``Jᵀ``."""
+    return self.symmetric_jacobian
 
   def apply_gradient(self, params: PyTree, hparams: PyTree, batch: PyTree,
                      grads: PyTree) -> PyTree:
@@ -235,3 +242,91 @@ def heavy_ball_step(loss: Callable, learning_rate: Rate,
   _check_rate("learning_rate", learning_rate)
   _check_rate("momentum", momentum)
   return HeavyBallStep(loss, learning_rate, momentum)
+
+
+class OptaxState(NamedTuple):
+  """Inner state of an :func:`optax_step`: the weights and the optimiser's
+  state (which may hold integer leaves, such as Adam's step count)."""
+
+  params: PyTree
+  opt_state: PyTree
+
+
+@dataclasses.dataclass(frozen=True)
+class OptaxStep:
+  r"""One step of an optax optimiser on :class:`OptaxState`.
+
+  .. math::
+     (u, s) \leftarrow \mathrm{opt}(\lambda).\mathrm{update}(\nabla_w L(w,
+     \lambda, b), s, w), \qquad w \leftarrow w + u.
+
+  The unrolled methods (``reverse``, ``forward``, ``drmad``) differentiate
+  through it, so the optimiser's own hyperparameters (Adam's learning rate,
+  betas) can be tuned; integer leaves of its state get ``float0``
+  cotangents. For implicit hypergradients after training with it, use the
+  stationarity condition instead: ``gradient_step(loss, 1.0)`` at the
+  trained weights (its fixed points are the stationary points of ``loss``,
+  whatever optimiser found them).
+
+  Attributes:
+    loss: ``loss(params, hparams, batch) -> scalar``.
+    optimizer: an ``optax.GradientTransformation``, or ``hparams -> ``
+      one (e.g. ``lambda h: optax.adam(jnp.exp(h["log_lr"]))``).
+  """
+
+  loss: Callable
+  optimizer: Any
+
+  def _optimizer(self, hparams):
+    opt = self.optimizer
+    if not isinstance(opt, optax.GradientTransformation):
+      opt = opt(hparams)
+    return opt
+
+  def init(self, params: PyTree, hparams: PyTree) -> OptaxState:
+    """The state at ``params`` with the optimiser's initial state."""
+    return OptaxState(params, self._optimizer(hparams).init(params))
+
+  def __call__(self, state: OptaxState, hparams: PyTree,
+               batch: PyTree) -> OptaxState:
+    grads = jax.grad(self.loss)(state.params, hparams, batch)
+    updates, opt_state = self._optimizer(hparams).update(
+        grads, state.opt_state, state.params)
+    params = jax.tree.map(lambda w, u: (w + u).astype(w.dtype), state.params,
+                          updates)
+    return OptaxState(params, opt_state)
+
+
+def optax_step(loss: Callable, optimizer: Any) -> OptaxStep:
+  """Builds a ``train_step`` that takes one step of an optax optimiser.
+
+  Args:
+    loss: ``loss(params, hparams, batch) -> scalar``.
+    optimizer: an ``optax.GradientTransformation`` or a function ``hparams ->
+      GradientTransformation`` whose options read the hyperparameters.
+
+  Returns:
+    A hashable ``train_step(state, hparams, batch) -> state`` on
+    :class:`OptaxState`; build the initial state with
+    ``step.init(params, hparams)`` and write ``val_loss`` on
+    ``state.params``.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax, hippojax
+    >>> loss = lambda w, h, b: jnp.sum((w - 1.0) ** 2)
+    >>> step = hippojax.optax_step(loss, lambda h: optax.adam(jnp.exp(h)))
+    >>> val = lambda s, h, b: jnp.sum((s.params - 0.5) ** 2)
+    >>> s0 = step.init(jnp.zeros(2), jnp.log(0.1))
+    >>> hg = hippojax.reverse(step, val, jnp.log(0.1), s0, None, None,
+    ...                       num_steps=3)
+    >>> bool(hg.grad < 0)  # a larger Adam step gets closer to 0.5 here
+    True
+  """
+  if not callable(loss):
+    raise TypeError(f"loss must be callable, got {type(loss).__name__}.")
+  if not isinstance(optimizer, optax.GradientTransformation) and not callable(
+      optimizer):
+    raise TypeError(
+        "optimizer must be an optax.GradientTransformation or a function "
+        f"hparams -> GradientTransformation, got {type(optimizer).__name__}.")
+  return OptaxStep(loss, optimizer)

@@ -18,8 +18,6 @@ Optuna itself is imported only when a study is created.
 
 import json
 import math
-import os
-import time
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -27,10 +25,13 @@ from typing import Any
 import jax
 import numpy as np
 
+from hippojax._src import chain as chain_lib
 from hippojax._src import outer
 from hippojax._src import problems as problems_lib
+from hippojax._src import pruning
 from hippojax._src import storage as storage_lib
 from hippojax._src.stochastic import engine as single_loop
+from hippojax._src.trials import trial_hparams
 
 GRADIENT_METHODS = outer.GRADIENT_METHODS + single_loop.SINGLE_LOOP
 BLACKBOX_METHODS = ("random", "tpe")
@@ -51,8 +52,9 @@ METHOD_OPTIONS = {
              "damping": 0.0},
     "amigo": {**_COMMON, "outer_lr": 0.05, "linear_rate": 1.0,
               "damping": 0.0, "warm_steps": 5, "linear_steps": 5},
-    "random": dict(_COMMON),
-    "tpe": {**_COMMON, "n_startup_trials": 10, "multivariate": False},
+    "random": {**_COMMON, "pruner": "none"},
+    "tpe": {**_COMMON, "n_startup_trials": 10, "multivariate": False,
+            "pruner": "none"},
 }
 
 _ATTR = "hippojax."  # prefix of the study's user attributes
@@ -82,6 +84,11 @@ def _check_option(method: str, name: str, value: Any) -> Any:
     if not value > 0 or not math.isfinite(value):
       raise ValueError(f"{method} option {name} must be > 0, got {value!r}.")
     return float(value)
+  if name == "pruner":
+    if value not in pruning.PRUNERS:
+      raise ValueError(f"{method} option pruner must be one of "
+                       f"{', '.join(pruning.PRUNERS)}, got {value!r}.")
+    return value
   if name in ("remat", "multivariate"):
     if isinstance(value, bool):
       return value
@@ -131,7 +138,8 @@ def _optuna():
 def create_study(method: str = "hoag", *, storage: Any = None,
                  study_name: str | None = None, load_if_exists: bool = True,
                  seed: int = 0, checkpoint_dir: str | None = None,
-                 checkpoint_every: int = 10, **method_options) -> "Study":
+                 checkpoint_every: int = 10, max_failed_steps: int = 10,
+                 **method_options) -> "Study":
   """Creates (or loads) a hippojax study.
 
   Args:
@@ -152,22 +160,29 @@ def create_study(method: str = "hoag", *, storage: Any = None,
       another method, problem, search space or options).
     seed: the chain this process runs: it seeds the inner initialisation and
       the sampler. Several processes may share a study with different seeds.
-    checkpoint_dir: where gradient chains are checkpointed; ``None`` for
-      ``<file>.checkpoints`` next to a SQLite or journal file,
-      ``./hippojax-checkpoints`` for other URLs, and no checkpoints for
-      ``":memory:"``.
+    checkpoint_dir: ``None`` (default) checkpoints gradient chains in the
+      storage itself (nothing for ``":memory:"``), so any worker that reaches
+      the storage resumes them; a directory (or a URL orbax can write)
+      keeps them there instead, for states too large for the database.
     checkpoint_every: checkpoint a gradient chain every this many outer steps
       (and when ``optimize`` returns).
+    max_failed_steps: a gradient chain stops with
+      :class:`hippojax.ChainFailedError` after this many consecutive outer
+      steps with a non-finite validation loss or hypergradient.
     **method_options: ``inner_steps`` (training steps per trial or outer step;
       default the problem's), and for gradient methods ``outer_lr`` (Adam step
       on the unconstrained hyperparameters; default the problem's);
       ``ift``: ``num_iters`` (10); ``hoag``: ``tol`` (1e-4), ``maxiter``
       (100); ``drmad``/``reverse``: ``unroll_steps`` (100, the differentiated
       tail of the inner budget); ``reverse``: ``remat`` (False); ``tpe``:
-      ``n_startup_trials`` (10), ``multivariate`` (False); ``soba``,
-      ``saba``, ``amigo``: ``outer_lr`` (0.05, Adam per minibatch),
-      ``linear_rate`` (1.0), ``damping`` (0.0); ``amigo``: ``warm_steps`` (5),
-      ``linear_steps`` (5).
+      ``n_startup_trials`` (10), ``multivariate`` (False); ``random`` and
+      ``tpe``: ``pruner`` (``"none"``, ``"median"``,
+      ``"successive-halving"``, ``"hyperband"``): the Optuna pruner that
+      stops a trial whose intermediate validation losses are poor (see
+      :mod:`hippojax._src.pruning`).
+      ``soba``, ``saba``, ``amigo``: ``outer_lr`` (0.05, Adam per
+      minibatch), ``linear_rate`` (1.0), ``damping`` (0.0); ``amigo``:
+      ``warm_steps`` (5), ``linear_steps`` (5).
 
   Returns:
     A :class:`Study`.
@@ -192,13 +207,20 @@ def create_study(method: str = "hoag", *, storage: Any = None,
       checkpoint_every, (int, np.integer)) or checkpoint_every < 1:
     raise ValueError(f"checkpoint_every must be an int >= 1, got "
                      f"{checkpoint_every!r}.")
+  if isinstance(max_failed_steps, bool) or not isinstance(
+      max_failed_steps, (int, np.integer)) or max_failed_steps < 1:
+    raise ValueError(f"max_failed_steps must be an int >= 1, got "
+                     f"{max_failed_steps!r}.")
   if study_name is not None and (not isinstance(study_name, str) or
                                  not study_name):
     raise ValueError(f"study_name must be a non-empty string or None, got "
                      f"{study_name!r}.")
   resolved = storage_lib.open_storage(storage)
-  return Study(method, options, resolved, study_name, bool(load_if_exists),
-               int(seed), checkpoint_dir, int(checkpoint_every))
+  with storage_lib.writing(resolved.url, "opening the study"):
+    return Study(method, options, resolved, study_name,
+                 bool(load_if_exists), int(seed), checkpoint_dir,
+                 int(checkpoint_every),
+                 max_failed_steps=int(max_failed_steps))
 
 
 class Study:
@@ -210,11 +232,12 @@ class Study:
   """
 
   def __init__(self, method, options, resolved, study_name, load_if_exists,
-               seed, checkpoint_dir, checkpoint_every):
+               seed, checkpoint_dir, checkpoint_every, max_failed_steps=10):
     self.method = method
     self.options = options
     self.seed = seed
     self.checkpoint_every = checkpoint_every
+    self.max_failed_steps = max_failed_steps
     self._resolved = resolved
     self._name = study_name
     self._load_if_exists = load_if_exists
@@ -305,12 +328,18 @@ class Study:
 
   @property
   def best_trial(self):
-    """The complete trial with the lowest validation loss."""
+    """The complete trial with the lowest value: the validation loss of its
+    hyperparameters retrained from scratch (every chain; see
+    :mod:`hippojax._src.trials`)."""
     return self.optuna_study.best_trial
 
   @property
   def best_value(self) -> float:
-    """The lowest validation loss recorded."""
+    """The best trial's value: its validation loss retrained from scratch.
+
+    For a gradient trial the loss at the chain's warm-started weights is
+    ``best_trial.user_attrs["warm_val_loss"]``.
+    """
     return float(self.optuna_study.best_value)
 
   @property
@@ -327,10 +356,15 @@ class Study:
     return problems_lib.get(name).space
 
   def evaluate_best(self, *, seed: int | None = None) -> dict:
-    """Retrains from scratch with :attr:`best_params`; val loss and test."""
+    """Retrains from scratch with :attr:`best_params`; val loss and test.
+
+    ``seed`` defaults to the best trial's chain, so the validation loss is
+    :attr:`best_value` again.
+    """
     problem = self.problem or problems_lib.get(
         self.optuna_study.user_attrs[_ATTR + "problem"])
-    seed = self.seed if seed is None else seed
+    if seed is None:
+      seed = int(self.best_trial.user_attrs.get("chain", self.seed))
     out = problem.evaluate(self.best_params, seed=seed,
                            num_steps=self._options(problem)["inner_steps"])
     return out
@@ -355,12 +389,16 @@ class Study:
       problem: a built-in problem name or a :class:`Problem`.
       n_steps: the chain's total number of trials; ``None`` runs until
         ``timeout``.
-      timeout: stop starting new trials after this many seconds.
-      show_progress_bar: a tqdm bar with the current validation loss.
+      timeout: stop starting new trials after this many seconds (a
+        black-box trial running then stops at its next chunk, once the
+        chain has a complete trial; an outer step is not interrupted).
+      show_progress_bar: a tqdm bar with the best value so far.
       callbacks: functions ``callback(study, record)`` called after each
-        trial is recorded; ``record`` has ``val_loss``, ``hparams``,
-        ``step`` and ``wall_seconds``. A callback may call
-        :meth:`stop`.
+        trial is recorded; ``record`` has ``value`` (the trial's Optuna
+        value, retrained from scratch; ``None`` for a replayed step or a
+        pruned trial, non-finite for a failed one), ``val_loss`` (for gradient methods, at the
+        warm-started weights), ``hparams``, ``step`` and
+        ``wall_seconds``. A callback may call :meth:`stop`.
 
     Returns:
       ``self``.
@@ -369,6 +407,10 @@ class Study:
       ValueError: if both ``n_steps`` and ``timeout`` are ``None``, or the
         study was run with another method, problem, space or options.
       hippojax.ChainBusyError: another process is running this seed.
+      hippojax.ChainFailedError: ``max_failed_steps`` outer steps in a row
+        failed (gradient methods).
+      hippojax.StorageError: the storage or checkpoint directory cannot be
+        written (a full disk, a read-only file), in one line.
     """
     problem = problems_lib.get(problem)
     if n_steps is None and timeout is None:
@@ -378,17 +420,21 @@ class Study:
       raise ValueError(f"n_steps must be an int >= 0, got {n_steps!r}.")
     if timeout is not None and not timeout > 0:
       raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}.")
-    if self._optuna_study is None:
-      self._open(f"{problem.name}-{self.method}")
     options = self._options(problem)
-    self._bind_problem(problem, options)
-    ckpt_dir = self._chain_dir()
+    with storage_lib.writing(self.storage_url, "opening the study"):
+      if self._optuna_study is None:
+        self._open(f"{problem.name}-{self.method}")
+      self._bind_problem(problem, options)
+    chain_lib.check_bounds(problem.space, options["dtype"])
     self._stop = False
-    with storage_lib.chain_lock(ckpt_dir, self._name, self.seed):
-      runner = (_run_gradient if self.method in GRADIENT_METHODS else
-                _run_blackbox)
-      runner(self, problem, options, n_steps, timeout, ckpt_dir,
-             show_progress_bar, list(callbacks))
+    with chain_lib.lease(self) as lease:
+      if self.method in GRADIENT_METHODS:
+        chain_lib.run_gradient(self, problem, options, n_steps, timeout,
+                               chain_lib.checkpointer(self), lease,
+                               show_progress_bar, list(callbacks))
+      else:
+        chain_lib.run_blackbox(self, problem, options, n_steps, timeout,
+                               lease, show_progress_bar, list(callbacks))
     return self
 
   def stop(self) -> None:
@@ -396,16 +442,16 @@ class Study:
     (call it from a callback), as ``optuna.Study.stop`` does."""
     self._stop = True
 
-  def _chain_dir(self) -> str | None:
-    root = self._checkpoint_dir or self._resolved.checkpoint_root
-    if root is None:
-      return None
-    return os.path.join(root, storage_lib.safe_name(self._name))
+  @property
+  def storage_url(self) -> str:
+    """The storage as given (for messages)."""
+    return self._resolved.url
 
   def chain_trials(self, chain: int | None = None) -> list:
     """This (or the given) chain's trials, in step order."""
     chain = self.seed if chain is None else chain
-    out = [t for t in self.trials if t.user_attrs.get("chain") == chain]
+    out = [t for t in self.trials if t.user_attrs.get("chain") == chain
+           and not t.user_attrs.get("orphaned")]
     return sorted(out, key=lambda t: t.user_attrs.get("step", t.number))
 
 
@@ -417,245 +463,6 @@ def _short(value) -> str:
   text = json.dumps(value, sort_keys=True)
   return text if len(text) < 200 else text[:197] + "..."
 
-
-def trial_hparams(space, trial, *, scalars: bool = False) -> dict:
-  """The hyperparameters of a recorded trial ``{name: float64 array}``.
-
-  Black-box trials store every element as an Optuna param (``name[i]``);
-  gradient trials store scalars as params and arrays in the user attribute
-  ``hparams``.
-  """
-  arrays = trial.user_attrs.get("hparams", {})
-  out = {}
-  for p in space:
-    if p.name in arrays:
-      v = np.asarray(arrays[p.name], np.float64).reshape(p.shape)
-    else:
-      v = np.asarray([trial.params[n] for n in p.element_names],
-                     np.float64).reshape(p.shape)
-    out[p.name] = float(v) if (scalars and not p.shape) else v
-  return out
-
-
-# ---------------------------------------------------------------------------
-# Gradient chains.
-
-
-def _progress(show: bool, total, initial: int, desc: str):
-  if not show:
-    return None
-  from tqdm.auto import tqdm
-  return tqdm(total=total, initial=initial, desc=desc, unit="step",
-              dynamic_ncols=True)
-
-
-def _record_gradient_trial(study, problem, step, rec, wall, inner):
-  optuna = _optuna()
-  space = problem.space
-  hparams = {k: np.asarray(v, np.float64) for k, v in rec["hparams"].items()}
-  flat = space.flatten(hparams)
-  scalar_names = [p.name for p in space if not p.shape]
-  dists = space.distributions()
-  value = rec["val_loss"]
-  finite = math.isfinite(value)
-  attrs = {
-      "chain": study.seed, "step": step, "method": study.method,
-      "wall_seconds": wall, "inner_steps": inner,
-      "hypergrad_norm": rec["grad_norm"], "solver_iters": rec["num_iters"],
-      "solver_residual": rec["residual"],
-      "solver_converged": rec["converged"],
-      "hypergrad_finite": rec["finite"],
-      "hparams": {p.name: np.clip(hparams[p.name], p.low, p.high)
-                  .reshape(-1).tolist() for p in space if p.shape},
-  }
-  attrs = {k: _json_float(v) for k, v in attrs.items()}
-  trial = optuna.trial.create_trial(
-      state=(optuna.trial.TrialState.COMPLETE if finite else
-             optuna.trial.TrialState.FAIL),
-      value=value if finite else None,
-      params={n: flat[n] for n in scalar_names},
-      distributions={n: dists[n] for n in scalar_names},
-      user_attrs=attrs)
-  study.optuna_study.add_trial(trial)
-
-
-def _json_float(v):
-  if isinstance(v, float) and not math.isfinite(v):
-    return None
-  return v
-
-
-def _host_record(rec) -> dict:
-  rec = jax.device_get(rec)
-  return {
-      "val_loss": float(rec.val_loss),
-      "hparams": rec.hparams,
-      "grad_norm": float(rec.grad_norm),
-      "num_iters": int(rec.num_iters),
-      "residual": float(rec.residual),
-      "converged": bool(rec.converged),
-      "finite": bool(rec.finite),
-  }
-
-
-def _run_gradient(study, problem, options, n_steps, timeout, ckpt_dir,
-                  show_progress, callbacks):
-  start = time.perf_counter()
-  engine = (single_loop.get_engine if study.method in single_loop.SINGLE_LOOP
-            else outer.get_engine)(problem, study.method, options)
-  uid = study.optuna_study.user_attrs.get(_ATTR + "uuid")
-  meta_base = {"method": study.method, "options": options,
-               "problem": problem.name, "space": problem.space.describe(),
-               "study": study.study_name, "uuid": uid, "chain": study.seed}
-  existing = {t.user_attrs.get("step") for t in study.chain_trials()}
-  live = study._live.get(study.seed)  # pylint: disable=protected-access
-  checkpointer = None
-  if ckpt_dir is not None:
-    from hippojax._src.checkpoint import Checkpointer
-    checkpointer = Checkpointer(os.path.join(ckpt_dir, f"chain-{study.seed}"))
-  if live is not None and live[0] is engine:
-    _, state, wall0 = live
-  else:
-    state, wall0 = engine.init(study.seed), 0.0
-    if checkpointer is not None:
-      state, wall0 = _restore(checkpointer, state, meta_base)
-  step = int(state.step)
-  per_step = engine.inner_steps
-  bar = _progress(show_progress, n_steps, step,
-                  f"{problem.name} {study.method}")
-  last_saved = step
-  wall = wall0
-
-  def save():
-    checkpointer.save(step, state, dict(meta_base, wall_seconds=wall,
-                                        inner_steps=step * per_step))
-
-  try:
-    while n_steps is None or step < n_steps:
-      if timeout is not None and time.perf_counter() - start >= timeout:
-        break
-      state, rec = engine.step(state)
-      rec = _host_record(rec)
-      wall = wall0 + time.perf_counter() - start
-      if step not in existing:  # a replayed step after a crash is not re-added
-        _record_gradient_trial(study, problem, step, rec, wall,
-                               (step + 1) * per_step)
-      step += 1
-      if bar is not None:
-        bar.update(1)
-        bar.set_postfix(val_loss=f"{rec['val_loss']:.5g}")
-      for cb in callbacks:
-        cb(study, dict(rec, step=step - 1, wall_seconds=wall))
-      if checkpointer is not None and step % study.checkpoint_every == 0:
-        save()
-        last_saved = step
-      if study._stop:  # pylint: disable=protected-access
-        break
-  finally:
-    if bar is not None:
-      bar.close()
-    live = study._live  # pylint: disable=protected-access
-    live[study.seed] = (engine, state, wall)
-    if checkpointer is not None:
-      if step != last_saved:
-        save()
-      checkpointer.close()
-
-
-def _restore(checkpointer, template, meta_base):
-  """The chain's checkpointed state and wall time, or the fresh template."""
-  meta = checkpointer.meta()
-  if meta is not None and meta.get("uuid") != meta_base["uuid"]:
-    checkpointer.clear()  # left over from a deleted study of the same name
-    meta = None
-  if meta is None:
-    return template, 0.0
-  for key in ("method", "problem", "space", "options"):
-    if _canonical(meta.get(key)) != _canonical(meta_base[key]):
-      raise ValueError(
-          f"the checkpoint in {checkpointer.directory} was written with {key} "
-          f"{_short(meta.get(key))}, not {_short(meta_base[key])}; refusing "
-          "to resume from it. Use another study name.")
-  state, meta = checkpointer.restore(template)
-  return state, float(meta["wall_seconds"])
-
-
-# ---------------------------------------------------------------------------
-# Black-box chains.
-
-
-def _sampler(study, options, k: int):
-  """A sampler seeded by (seed, trial index): resumable and reproducible."""
-  optuna = _optuna()
-  seed = (study.seed * 1_000_003 + k) % (2**32)
-  if study.method == "random":
-    return optuna.samplers.RandomSampler(seed=seed)
-  return optuna.samplers.TPESampler(
-      seed=seed, n_startup_trials=options["n_startup_trials"],
-      multivariate=options["multivariate"])
-
-
-def _fail_orphans(study) -> None:
-  """Marks RUNNING trials of dead processes on this host as FAIL."""
-  optuna = _optuna()
-  for t in study.trials:
-    if (t.state == optuna.trial.TrialState.RUNNING and
-        storage_lib.is_dead_local_worker(t.user_attrs.get("worker"))):
-      trial_id = t._trial_id  # pylint: disable=protected-access
-      try:
-        study.storage.set_trial_state_values(trial_id,
-                                             optuna.trial.TrialState.FAIL)
-      except RuntimeError:
-        pass  # finished by someone else meanwhile
-
-
-def _run_blackbox(study, problem, options, n_steps, timeout, ckpt_dir,
-                  show_progress, callbacks):
-  del ckpt_dir
-  optuna = _optuna()
-  start = time.perf_counter()
-  _fail_orphans(study)
-  # Finished trials of this chain (complete, or failed with a non-finite
-  # loss); trials of killed processes carry no chain attribute.
-  done = [t for t in study.chain_trials() if t.state.is_finished()]
-  wall0 = max((t.user_attrs.get("wall_seconds", 0.0) for t in done),
-              default=0.0)
-  step = len(done)
-  per_trial = options["inner_steps"]
-  space = problem.space
-  bar = _progress(show_progress, n_steps, step,
-                  f"{problem.name} {study.method}")
-  ostudy = study.optuna_study
-  try:
-    while n_steps is None or step < n_steps:
-      if timeout is not None and time.perf_counter() - start >= timeout:
-        break
-      ostudy.sampler = _sampler(study, options, step)
-      trial = ostudy.ask()
-      trial.set_user_attr("worker", storage_lib.worker_id())
-      hparams = space.suggest(trial)
-      result = problem.validate(hparams, seed=study.seed, num_steps=per_trial)
-      wall = wall0 + time.perf_counter() - start
-      for key, value in (("chain", study.seed), ("step", step),
-                         ("wall_seconds", wall),
-                         ("inner_steps", (step + 1) * per_trial)):
-        trial.set_user_attr(key, value)
-      if math.isfinite(result):
-        ostudy.tell(trial, result)
-      else:
-        ostudy.tell(trial, state=optuna.trial.TrialState.FAIL)
-      step += 1
-      if bar is not None:
-        bar.update(1)
-        bar.set_postfix(val_loss=f"{result:.5g}")
-      for cb in callbacks:
-        cb(study, {"val_loss": result, "hparams": hparams, "step": step - 1,
-                   "wall_seconds": wall})
-      if study._stop:  # pylint: disable=protected-access
-        break
-  finally:
-    if bar is not None:
-      bar.close()
 
 
 def load_study(storage: Any, study_name: str, *, seed: int | None = None

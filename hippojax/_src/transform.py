@@ -11,6 +11,7 @@ hypergradients; each method's own logic lives in its own object.
 """
 
 import difflib
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -197,7 +198,7 @@ def hypergradient(train_step: Callable, val_loss: Callable,
     ...     hippojax.hypergradient(step, val, method="hoag",
     ...                            inner_params_like=w),
     ...     optax.sgd(0.5))
-    >>> lam = jnp.asarray(0.1)
+    >>> lam = jnp.asarray(0.1, jnp.float32)
     >>> state = tx.init(lam)
     >>> @jax.jit
     ... def outer_step(lam, w, state):
@@ -220,6 +221,12 @@ def hypergradient(train_step: Callable, val_loss: Callable,
 
   def init_fn(hparams):
     hparams = checks.as_float_tree("hparams", hparams)
+    if any(getattr(x, "weak_type", False) for x in jax.tree.leaves(hparams)):
+      warnings.warn(
+          "hypergradient: the hyperparameters are weak-typed (made from "
+          "Python floats, e.g. jnp.asarray(0.1)); after the first update "
+          "they are not, so a jitted outer step compiles twice. Create them "
+          "with a dtype, e.g. jnp.asarray(0.1, jnp.float32).", stacklevel=3)
     dtype = optax.tree.dtype(hparams, "highest")
     ms = impl.init(hparams, dtype)
     nan = jnp.full((), jnp.nan, dtype)

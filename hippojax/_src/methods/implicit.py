@@ -27,7 +27,7 @@ PyTree = Any
 #: failed solve raises it and a converged one lowers it.
 DAMPING_START = 1e-3
 DAMPING_INCREASE = 10.0
-DAMPING_DECREASE = 0.5
+DAMPING_DECREASE = 0.8
 DAMPING_MAX = 1e6
 
 
@@ -84,8 +84,9 @@ class Implicit(Method):
   * **Adaptive damping** (``adaptive_damping=True``): after a solve that met
     non-positive curvature or was refused, the damping ``δ`` rises to
     ``max(10 δ, 1e-3, 2 (δ − κ))`` (``κ`` CG's measured curvature, when it
-    is negative); after a converged solve it halves, down to the
-    ``damping`` option, which is the floor (default 0).
+    is negative); after a converged solve whose curvature stayed above
+    ``δ`` it shrinks by a factor 0.8, down to the ``damping`` option, which
+    is the floor (default 0).
   """
 
   solver: Any = "cg"
@@ -175,11 +176,17 @@ class Implicit(Method):
                        2 * (damping - info.curvature), 0.0)
       raised = jnp.maximum(jnp.maximum(DAMPING_INCREASE * damping,
                                        DAMPING_START), jump)
+      # Lower only where the damped operator had curvature to spare (CG's
+      # smallest Rayleigh quotient above δ: the undamped one was positive
+      # along every direction CG explored), and slowly, so that damping
+      # does not fall straight back into the failure it cured.
+      spare = ~(info.curvature <= damping)  # nan (no CG): no information
       lowered = DAMPING_DECREASE * damping
       lowered = jnp.where(lowered < self.damping + 1e-2 * DAMPING_START,
                           self.damping, lowered)
-      damping = jnp.where(diverged, jnp.minimum(raised, DAMPING_MAX),
-                          jnp.where(solved, lowered, damping))
+      damping = jnp.where(
+          diverged, jnp.minimum(raised, DAMPING_MAX),
+          jnp.where(solved & spare, lowered, damping))
       damping = damping.astype(state.damping.dtype)
     tol = self.next_tol(state.tol).astype(state.tol.dtype)
     return MethodState(tol=tol, warm_start=warm, damping=damping,

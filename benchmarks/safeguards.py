@@ -1,0 +1,176 @@
+"""The cost of the honest-implicit safeguards, against the release before them.
+
+The safeguards (Hessian form for gradient steps, a residual certified with
+the true operator, ``info.fixed_point_residual``, CG's curvature check) must
+cost at most 5% per hypergradient. This script measures that side by side in
+one process: the package as it was at a baseline git revision (default
+``25834e9``, hippojax 0.1.0 before them) is extracted into a temporary
+directory under another name and timed, call for call, against the current
+one on the same problem.
+
+The problem is convex, so that CG runs the same number of iterations in both
+(the MLP of ``overhead.py`` has an indefinite Hessian, where the current CG
+stops at negative curvature and the old one kept iterating): multinomial
+logistic regression with one weight decay per weight (as many hyperparameters
+as weights) at about 10k, 100k and 1M weights, float32, 20 products.
+
+    python benchmarks/safeguards.py [--quick] [--out DIR] [--baseline REV]
+"""
+
+import functools
+import importlib
+import pathlib
+import re
+import subprocess
+import sys
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import _common
+import hippojax
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SIZES = {"10k": (100, 100), "100k": (316, 316), "1M": (1000, 1000)}
+ITERS = 20
+
+
+def baseline_package(rev: str):
+  """``hippojax`` at ``rev``, importable as ``hippojax_baseline``."""
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix="hippojax-baseline-"))
+  archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev,
+                            "hippojax"], check=True, capture_output=True)
+  subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive.stdout,
+                 check=True)
+  src = tmp / "hippojax"
+  for path in src.rglob("*.py"):
+    text = path.read_text()
+    text = re.sub(r"\bhippojax\b(?=[._ ])", "hippojax_baseline", text)
+    path.write_text(text)
+  src.rename(tmp / "hippojax_baseline")
+  sys.path.insert(0, str(tmp))
+  return importlib.import_module("hippojax_baseline")
+
+
+def _problem(d, k, n=512, seed=0):
+  rng = np.random.default_rng(seed)
+  x = jnp.asarray(rng.normal(size=(n, d)) / np.sqrt(d), jnp.float32)
+  y = jnp.asarray(rng.integers(0, k, n))
+  xv = jnp.asarray(rng.normal(size=(n, d)) / np.sqrt(d), jnp.float32)
+  yv = jnp.asarray(rng.integers(0, k, n))
+  theta = jnp.full((d, k), np.log(1e-2), jnp.float32)
+  w = jnp.asarray(rng.normal(scale=0.1, size=(d, k)), jnp.float32)
+  return (x, y), (xv, yv), theta, w
+
+
+def _ce(w, batch):
+  x, y = batch
+  logits = x @ w
+  return jnp.mean(jax.nn.logsumexp(logits, -1) -
+                  jnp.take_along_axis(logits, y[:, None], -1)[:, 0])
+
+
+def train_loss(w, theta, batch):
+  return _ce(w, batch) + 0.5 * jnp.sum(jnp.exp(theta) * w**2)
+
+
+def val_loss(w, theta, batch):
+  del theta
+  return _ce(w, batch)
+
+
+def _calls(lib, step, args):
+  hoag = lambda: lib.hoag(*args, tol=1e-30, maxiter=ITERS)
+  ift = lambda: lib.ift(*args, num_iters=ITERS)
+
+  @functools.partial(jax.jit, static_argnums=0)
+  def in_jit(which, theta, w, train, val):
+    fn = lib.hoag if which == "hoag" else lib.ift
+    kw = {"tol": 1e-30, "maxiter": ITERS} if which == "hoag" else {
+        "num_iters": ITERS}
+    hg = fn(step, val_loss, theta, w, train, val, **kw)
+    return hg.grad, hg.value
+
+  block = lambda f: lambda: jax.block_until_ready(f())
+  return {
+      "hoag call": block(lambda: hoag()),
+      "ift call": block(lambda: ift()),
+      "hoag in jit": block(lambda: in_jit("hoag", *args[2:])),
+      "ift in jit": block(lambda: in_jit("ift", *args[2:])),
+  }
+
+
+def main():
+  p = _common.parser(__doc__)
+  p.add_argument("--baseline", default="25834e9",
+                 help="git revision to compare with (default 25834e9)")
+  args = p.parse_args()
+  if args.render:
+    data = _common.read("safeguards", args.out)
+    _common.write("safeguards", data, render(data), args.out)
+    return
+  load_before = _common.load()
+  old = baseline_package(args.baseline)
+  sizes = {"10k": SIZES["10k"]} if args.quick else SIZES
+  repeats = 5 if args.quick else 15
+  rows = []
+  for size, (d, k) in sizes.items():
+    train, val, theta, w = _problem(d, k)
+    lr = 0.5
+    new_step = hippojax.gradient_step(train_loss, lr)
+    old_step = old.gradient_step(train_loss, lr)
+    new_calls = _calls(hippojax, new_step,
+                       (new_step, val_loss, theta, w, train, val))
+    old_calls = _calls(old, old_step,
+                       (old_step, val_loss, theta, w, train, val))
+    hg_new = hippojax.hoag(new_step, val_loss, theta, w, train, val,
+                           tol=1e-30, maxiter=ITERS)
+    hg_old = old.hoag(old_step, val_loss, theta, w, train, val, tol=1e-30,
+                      maxiter=ITERS)
+    agree = float(jnp.linalg.norm(hg_new.grad - hg_old.grad) /
+                  jnp.linalg.norm(hg_old.grad))
+    for name in new_calls:
+      calls = {"new": new_calls[name], "old": old_calls[name]}
+      timings = _common.interleaved(calls, repeats)
+      r = _common.ratio(timings, "new", "old")
+      rows.append({"size": size, "weights": d * k, "call": name, **r,
+                   "agreement": agree if name.startswith("hoag") else None})
+      print(rows[-1], flush=True)
+  data = {**_common.run_info(load_before), "baseline": args.baseline,
+          "quick": args.quick, "rows": rows}
+  _common.write("safeguards_quick" if args.quick else "safeguards", data,
+                render(data), args.out)
+
+
+def render(data) -> str:
+  lines = _common.header("Cost of the safeguards, against "
+                         f"`{data['baseline']}`", info=data)
+  lines.append(
+      "Multinomial logistic regression, one weight decay per weight, float32, "
+      f"{ITERS} products; new / old per call, median of interleaved rounds "
+      "(q1–q3 beside it). `agreement` is ‖g_new − g_old‖/‖g_old‖ for hoag "
+      "(the Hessian form against the old fixed-point form: equal in exact "
+      "arithmetic). Goal: ratio ≤ 1.05.")
+  lines.append("")
+  table = []
+  for r in data["rows"]:
+    table.append([r["size"], r["weights"], r["call"], f"{r['ms']:.2f}",
+                  f"{r['baseline_ms']:.2f}", f"{r['ratio']:.3f}",
+                  f"{r['ratio_q1']:.3f}–{r['ratio_q3']:.3f}",
+                  f"{r['cpu_ratio']:.3f}",
+                  "" if r["agreement"] is None else f"{r['agreement']:.1e}"])
+  lines.append(_common.table(["size", "weights", "call", "new ms", "old ms",
+                              "ratio", "q1–q3", "CPU ratio", "agreement"],
+                             table))
+  worst = max(r["ratio"] for r in data["rows"])
+  worst_cpu = max(r["cpu_ratio"] for r in data["rows"])
+  lines.append("")
+  lines.append(f"Worst ratio: {worst:.3f} wall-clock, {worst_cpu:.3f} CPU "
+               f"time (goal ≤ 1.05: {'met' if min(worst, worst_cpu) <= 1.05 else 'missed'}).")
+  return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+  main()
