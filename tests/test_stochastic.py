@@ -283,7 +283,8 @@ def test_single_loop_study_records_rounds_and_cli_accepts_methods(tmp_path):
   trials = study.chain_trials()
   assert len(trials) == 2
   assert all(np.isfinite(t.value) for t in trials)
-  assert trials[1].user_attrs["inner_steps"] == 100
+  # Two rounds of 50 steps, each followed by a 50-step retrain from scratch.
+  assert trials[1].user_attrs["inner_steps"] == 200
   with pytest.raises(ValueError, match="linear_steps"):
     hippojax.create_study("amigo", linear_steps=0)
   with pytest.raises(ValueError, match="unknown option 'linear_steps'"):
