@@ -34,6 +34,12 @@ from hippojax._src.steps import OptaxStep
 from hippojax._src.chain import ChainFailedError
 from hippojax._src.storage import ChainBusyError
 from hippojax._src.storage import StorageError
+from hippojax._src.stochastic.maid import maid
+from hippojax._src.stochastic.maid import MaidResult
+from hippojax._src.stochastic.minibatch import minibatch_hypergrad
+from hippojax._src.stochastic.minibatch import MinibatchHyperGrad
+from hippojax._src.stochastic.saba import memory_bytes as saba_memory_bytes
+from hippojax._src.stochastic.saba import SabaMemory
 from hippojax._src.study import create_study
 from hippojax._src.study import load_study
 from hippojax._src.study import Study
@@ -60,9 +66,12 @@ __all__ = (
     "HyperGradInfo",
     "HypergradientDescentState",
     "HypergradientState",
+    "MaidResult",
+    "MinibatchHyperGrad",
     "Neumann",
     "OptaxState",
     "OptaxStep",
+    "SabaMemory",
     "SearchSpace",
     "SolverStats",
     "StorageError",
@@ -80,9 +89,12 @@ __all__ = (
     "ift",
     "implicit_hypergrad",
     "load_study",
+    "maid",
+    "minibatch_hypergrad",
     "optax_step",
     "problems",
     "reverse",
+    "saba_memory_bytes",
     "suggest_float",
     "t1t2",
 )

@@ -47,6 +47,13 @@ EXPECTED = {
                                  "trace_lower_s"})),
     "symmetric_products": ("symmetric_products_quick", {"machine", "rows"},
                            ("rows", {"params", "method", "ratio"})),
+    "minibatch_bias": ("minibatch_bias_quick", {"machine", "command",
+                                                "problem", "exact_norm",
+                                                "rows"},
+                       ("rows", {"batch", "variant", "norm_ratio", "bias",
+                                 "error", "cg_iters", "converged"})),
+    "stochastic": ("stochastic_quick", {"machine", "command", "mode",
+                                        "problems"}, None),
     "nonconvex": ("nonconvex_quick", {"machine", "command", "rows",
                                       "n_steps"},
                   ("rows", {"problem", "default", "hoag", "tpe_equal_steps",
@@ -110,6 +117,11 @@ def test_quick_mode(script, tmp_path):
     assert transform and transform[0]["compilations"] == 1
   if script == "roofline":
     assert data["total_flops"] > 0 and data["matmul_gflops"] > 0
+  if script == "stochastic":
+    entry = data["problems"]["logreg-ijcnn1-like"]
+    for method in ("hoag", "soba", "saba", "tpe"):
+      assert entry["methods"][method]["rounds"] >= 1
+      assert entry["methods"][method]["final_val_loss"] > 0
   # make_results.py turns the section into RESULTS.md with a linked plot.
   output = tmp_path / "RESULTS.md"
   res = subprocess.run(

@@ -26,7 +26,8 @@ def test_problems_lists_one_line_each(capsys):
   lines = out.strip().splitlines()
   assert [l.split()[0] for l in lines] == [
       "ridge-diabetes", "logreg-breast-cancer", "mlp-digits",
-      "hyper-cleaning-digits", "mlp-mnist1d", "variants",
+      "hyper-cleaning-digits", "mlp-mnist1d", "mlp-mnist1d-10k",
+      "hyper-cleaning-mnist1d", "logreg-ijcnn1-like", "variants",
       "ridge-diabetes-scalar", "logreg-digits"]
 
 
@@ -58,7 +59,7 @@ RUN = ["run", "--problem", "ridge-diabetes", "--method", "hoag"]
       "1"], "invalid choice: 'sgd' (choose from 't1t2', 'ift', 'hoag'"),
     (["compare", "--methods", "hoag,bayes", "--budget", "1"],
      "unknown method(s) bayes; choose from t1t2, ift, hoag, drmad, reverse, "
-     "random, tpe"),
+     "soba, saba, amigo, random, tpe"),
     (["compare", "--problem", "mnist", "--budget", "1"],
      "invalid choice: 'mnist'"),
     (["run", "--problem", "ridge-diabetes", "--method", "ift", "--steps",

@@ -28,6 +28,7 @@ RUNNABLE = {
     "docs/multi_device.md": None,
     "docs/pytorch.md": None,
     "docs/studies.md": None,
+    "docs/stochastic.md": None,
     "docs/jaxopt.md": None,
 }
 

@@ -19,7 +19,8 @@ FAST = ["ridge-diabetes", "logreg-breast-cancer", "mlp-digits",
 def test_names_are_fixed_and_unknown_lists_choices():
   assert problems.names() == ["ridge-diabetes", "logreg-breast-cancer",
                               "mlp-digits", "hyper-cleaning-digits",
-                              "mlp-mnist1d"]
+                              "mlp-mnist1d", "mlp-mnist1d-10k",
+                              "hyper-cleaning-mnist1d", "logreg-ijcnn1-like"]
   with pytest.raises(ValueError, match="choose one of ridge-diabetes"):
     problems.get("ridge-boston")
 

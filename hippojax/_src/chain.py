@@ -17,6 +17,7 @@ from hippojax._src import outer
 from hippojax._src import pruning
 from hippojax._src import storage as storage_lib
 from hippojax._src import trials as trials_lib
+from hippojax._src.stochastic import engine as single_loop
 
 
 def _study_lib():
@@ -174,7 +175,8 @@ def run_gradient(study, problem, options, n_steps, timeout, checkpointer,
   recomputed without being recorded again.
   """
   start = time.perf_counter()
-  engine = outer.get_engine(problem, study.method, options)
+  engine = (single_loop.get_engine if study.method in single_loop.SINGLE_LOOP
+            else outer.get_engine)(problem, study.method, options)
   uid = study.optuna_study.user_attrs.get(_study_lib()._ATTR + "uuid")
   meta_base = {"method": study.method, "options": options,
                "problem": problem.name, "space": problem.space.describe(),

@@ -23,6 +23,8 @@ DEFAULT_COMPARE_BUDGET = 20.0
 _OPTION_FLAGS = {
     "inner_steps": int, "outer_lr": float, "num_iters": int, "tol": float,
     "maxiter": int, "unroll_steps": int, "n_startup_trials": int,
+    "linear_rate": float, "warm_steps": int, "linear_steps": int,
+    "damping": float,
     "pruner": str,
 }
 
@@ -482,6 +484,15 @@ def _add_method_options(p, *, pruner_help: str) -> None:
                  help="tpe: random trials before TPE (default 10)")
   g.add_argument("--multivariate", action="store_true",
                  help="tpe: multivariate TPE")
+  g.add_argument("--linear-rate", dest="linear_rate", type=float,
+                 help="soba, saba, amigo: step on the linear-system variable "
+                      "relative to the natural one (1)")
+  g.add_argument("--damping", type=float,
+                 help="soba, saba, amigo: damping of the linear system (0)")
+  g.add_argument("--warm-steps", dest="warm_steps", type=int,
+                 help="amigo: weight steps per hypergradient (5)")
+  g.add_argument("--linear-steps", dest="linear_steps", type=int,
+                 help="amigo: linear-system steps per hypergradient (5)")
   g.add_argument("--pruner", choices=PRUNERS, default=None, help=pruner_help)
 
 

@@ -39,7 +39,8 @@ class Problem:
     description: one line.
     space: the :class:`~hippojax.SearchSpace` of hyperparameters.
     train_step: ``train_step(params, hparams, batch) -> params``, one
-      full-batch gradient step, ``hparams`` the constrained dict.
+      gradient step on ``batch`` (the whole training set, or a minibatch of
+      ``batch_size`` examples), ``hparams`` the constrained dict.
     val_loss: ``val_loss(params, hparams, batch) -> scalar``.
     init_params: ``init_params(key) -> params`` (deterministic in ``key``).
     train_data: the training batch (passed to ``train_step``).
@@ -55,6 +56,15 @@ class Problem:
       inner solution where a closed form exists, else ``None``.
     extras: problem-specific data, e.g. ``extras["corrupted"]``, the mask of
       corrupted training labels of ``hyper-cleaning-digits``.
+    batch_size: ``None`` (the default): every training step sees the whole
+      training set. An int: training samples minibatches of that many
+      examples (uniformly, with replacement) from
+      ``train_data``, with a PRNG key carried through the training loop,
+      derived from the seed (see :meth:`sample`).
+    val_batch_size: ``None``: the validation loss is evaluated on the whole
+      validation set. An int: the stochastic methods sample validation
+      minibatches of that size (the retrained validation loss that ranks
+      methods is still on the whole set).
   """
 
   name: str
@@ -73,6 +83,41 @@ class Problem:
   outer_lr: float = 0.1
   exact_params: Callable | None = None
   extras: dict = dataclasses.field(default_factory=dict)
+  batch_size: int | None = None
+  val_batch_size: int | None = None
+
+  def __post_init__(self):
+    for name in ("batch_size", "val_batch_size"):
+      size = getattr(self, name)
+      if size is not None and (isinstance(size, bool) or
+                               not isinstance(size, int) or size < 1):
+        raise ValueError(f"{name} must be None or an int >= 1, got "
+                         f"{size!r}.")
+
+  @property
+  def num_train(self) -> int:
+    """The number of training examples."""
+    return int(jax.tree.leaves(self.train_data)[0].shape[0])
+
+  @property
+  def num_val(self) -> int:
+    """The number of validation examples."""
+    return int(jax.tree.leaves(self.val_data)[0].shape[0])
+
+  def sample(self, key: jax.Array, split: str = "train") -> tuple:
+    """A minibatch of ``split`` (``"train"`` or ``"val"``) drawn with ``key``.
+
+    Returns ``(indices, batch)``: ``batch_size`` (``val_batch_size``)
+    examples drawn uniformly with replacement, and their rows of every leaf
+    of the split's data. With a ``None`` size it returns all examples in order.
+    Traceable; ``key`` is a typed PRNG key.
+    """
+    data, size = {"train": (self.train_data, self.batch_size),
+                  "val": (self.val_data, self.val_batch_size)}[split]
+    n = int(jax.tree.leaves(data)[0].shape[0])
+    if size is None:
+      return jnp.arange(n), data
+    return sample_rows(key, data, n, size)
 
   @property
   def num_hparams(self) -> int:
@@ -124,12 +169,42 @@ class Problem:
     return _exact_grad(self, self.as_hparams(hparams))
 
 
+def sample_rows(key: jax.Array, data: PyTree, n: int, size: int) -> tuple:
+  """``size`` rows of ``data`` (leading axis ``n``), uniformly with
+  replacement: O(size) per draw, where distinct rows would cost O(n)."""
+  idx = jax.random.randint(key, (size,), 0, n)
+  return idx, jax.tree.map(lambda a: a[idx], data)
+
+
+def train_steps(problem, params, hparams, num_steps, key):
+  """``num_steps`` training steps from ``params`` (traceable).
+
+  Full-batch problems step on ``train_data``; minibatch problems carry
+  ``key`` through the loop and draw one minibatch per step. Returns the
+  parameters and the key after the steps.
+  """
+  if problem.batch_size is None:
+    return jax.lax.fori_loop(
+        0, num_steps,
+        lambda _, p: problem.train_step(p, hparams, problem.train_data),
+        params), key
+
+  def body(_, carry):
+    p, k = carry
+    k, sub = jax.random.split(k)
+    return problem.train_step(p, hparams, problem.sample(sub)[1]), k
+
+  return jax.lax.fori_loop(0, num_steps, body, (params, key))
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _train(problem, num_steps, hparams, key_data):
-  params = problem.init_params(jax.random.wrap_key_data(key_data))
-  return jax.lax.fori_loop(
-      0, num_steps,
-      lambda _, p: problem.train_step(p, hparams, problem.train_data), params)
+  key = jax.random.wrap_key_data(key_data)
+  params = problem.init_params(key)
+  # The minibatch stream is a separate key, so that the initial parameters
+  # do not depend on whether training is stochastic.
+  return train_steps(problem, params, hparams, num_steps,
+                     jax.random.fold_in(key, 1))[0]
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -564,13 +639,31 @@ def mlp_mnist1d() -> Problem:
   return _mlp_mnist1d(_x64())
 
 
+def _minibatch(name: str) -> Callable[[], Problem]:
+  """The minibatch problems live with the stochastic methods."""
+
+  def build() -> Problem:
+    from hippojax._src.stochastic import problems as minibatch
+    return getattr(minibatch, name)()
+
+  build.__name__ = name
+  return build
+
+
 PROBLEMS = {
     "ridge-diabetes": ridge_diabetes,
     "logreg-breast-cancer": logreg_breast_cancer,
     "mlp-digits": mlp_digits,
     "hyper-cleaning-digits": hyper_cleaning_digits,
     "mlp-mnist1d": mlp_mnist1d,
+    "mlp-mnist1d-10k": _minibatch("mlp_mnist1d_10k"),
+    "hyper-cleaning-mnist1d": _minibatch("hyper_cleaning_mnist1d"),
+    "logreg-ijcnn1-like": _minibatch("logreg_ijcnn1_like"),
 }
+
+#: The problems trained on minibatches (``Problem.batch_size`` set).
+MINIBATCH_PROBLEMS = ("mlp-mnist1d-10k", "hyper-cleaning-mnist1d",
+                      "logreg-ijcnn1-like")
 
 DESCRIPTIONS = {
     "ridge-diabetes": "per-feature ridge on diabetes (10 hparams, exact "
@@ -583,6 +676,12 @@ DESCRIPTIONS = {
                              "40% corrupted labels (1000 hparams)",
     "mlp-mnist1d": "tanh MLP on MNIST-1D (generated locally), per-layer weight"
                    " decay (3 hparams)",
+    "mlp-mnist1d-10k": "minibatch SGD, tanh MLP on 10k MNIST-1D examples, "
+                       "per-layer weight decay (3 hparams)",
+    "hyper-cleaning-mnist1d": "minibatch, one weight per example on 5k "
+                              "MNIST-1D, 50% corrupted labels (5000 hparams)",
+    "logreg-ijcnn1-like": "minibatch, per-feature L2 logistic regression on "
+                          "25k synthetic ijcnn1-like examples (22 hparams)",
 }
 
 

@@ -30,9 +30,10 @@ from hippojax._src import outer
 from hippojax._src import problems as problems_lib
 from hippojax._src import pruning
 from hippojax._src import storage as storage_lib
+from hippojax._src.stochastic import engine as single_loop
 from hippojax._src.trials import trial_hparams
 
-GRADIENT_METHODS = outer.GRADIENT_METHODS
+GRADIENT_METHODS = outer.GRADIENT_METHODS + single_loop.SINGLE_LOOP
 BLACKBOX_METHODS = ("random", "tpe")
 METHODS = GRADIENT_METHODS + BLACKBOX_METHODS
 
@@ -45,6 +46,12 @@ METHOD_OPTIONS = {
     "hoag": {**_GRADIENT, "tol": 1e-4, "maxiter": 100},
     "drmad": {**_GRADIENT, "unroll_steps": 100},
     "reverse": {**_GRADIENT, "unroll_steps": 100, "remat": False},
+    "soba": {**_COMMON, "outer_lr": 0.05, "linear_rate": 1.0,
+             "damping": 0.0},
+    "saba": {**_COMMON, "outer_lr": 0.05, "linear_rate": 1.0,
+             "damping": 0.0},
+    "amigo": {**_COMMON, "outer_lr": 0.05, "linear_rate": 1.0,
+              "damping": 0.0, "warm_steps": 5, "linear_steps": 5},
     "random": {**_COMMON, "pruner": "none"},
     "tpe": {**_COMMON, "n_startup_trials": 10, "multivariate": False,
             "pruner": "none"},
@@ -55,7 +62,7 @@ _ATTR = "hippojax."  # prefix of the study's user attributes
 
 def _check_option(method: str, name: str, value: Any) -> Any:
   ints = {"inner_steps": 1, "num_iters": 0, "maxiter": 1, "unroll_steps": 1,
-          "n_startup_trials": 0}
+          "n_startup_trials": 0, "warm_steps": 1, "linear_steps": 1}
   if name in ints:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
       raise TypeError(f"{method} option {name} must be an int, got "
@@ -64,7 +71,13 @@ def _check_option(method: str, name: str, value: Any) -> Any:
       raise ValueError(f"{method} option {name} must be >= {ints[name]}, got "
                        f"{value!r}.")
     return int(value)
-  if name in ("outer_lr", "tol"):
+  if name == "damping":
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+        not 0 <= value < math.inf):
+      raise ValueError(f"{method} option damping must be a number >= 0, got "
+                       f"{value!r}.")
+    return float(value)
+  if name in ("outer_lr", "tol", "linear_rate"):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
       raise TypeError(f"{method} option {name} must be a number, got "
                       f"{value!r}.")
@@ -131,7 +144,11 @@ def create_study(method: str = "hoag", *, storage: Any = None,
 
   Args:
     method: ``"t1t2"``, ``"ift"``, ``"hoag"``, ``"drmad"``, ``"reverse"``
-      (gradient methods) or ``"random"``, ``"tpe"`` (Optuna samplers).
+      (gradient methods), ``"soba"``, ``"saba"``, ``"amigo"`` (single-loop
+      gradient methods for minibatch problems: one trial is a round of
+      ``inner_steps`` minibatch steps, see
+      :mod:`hippojax._src.stochastic.engine`) or ``"random"``, ``"tpe"``
+      (Optuna samplers).
     storage: where trials are recorded: ``None`` for the SQLite file
       ``hippojax.db`` in the working directory, a SQLAlchemy URL,
       ``"journal:PATH"`` (or a ``.log`` path) for a journal file,
@@ -163,6 +180,9 @@ def create_study(method: str = "hoag", *, storage: Any = None,
       ``"successive-halving"``, ``"hyperband"``): the Optuna pruner that
       stops a trial whose intermediate validation losses are poor (see
       :mod:`hippojax._src.pruning`).
+      ``soba``, ``saba``, ``amigo``: ``outer_lr`` (0.05, Adam per
+      minibatch), ``linear_rate`` (1.0), ``damping`` (0.0); ``amigo``:
+      ``warm_steps`` (5), ``linear_steps`` (5).
 
   Returns:
     A :class:`Study`.

@@ -28,7 +28,7 @@ PyTree = Any
 #: ignored (``optax.chain`` forwards every extra argument to every member),
 #: unless it is a near miss of one of these.
 EXTRA_ARGUMENTS = ("inner_params", "train_batch", "val_batch", "params0",
-                   "train_batches")
+                   "train_batches", "train_indices", "val_indices")
 
 
 class HypergradientState(NamedTuple):
@@ -125,6 +125,15 @@ def hypergradient(train_step: Callable, val_loss: Callable,
   * ``"forward"`` — ``params0``, ``train_batches``; ``num_steps``.
   * ``"drmad"`` — ``inner_params`` (the trained ``w_T``), ``params0``,
     ``train_batches``; ``num_steps``.
+  * ``"soba"`` — ``inner_params``, and the current minibatches;
+    ``inner_params_like`` (required), ``linear_rate``. Single-loop: one step
+    on the linear-system variable per update (see
+    :mod:`hippojax._src.stochastic.soba`).
+  * ``"amigo"`` — as ``soba``, with ``linear_steps`` (a stack of that many
+    minibatches per update).
+  * ``"saba"`` — ``inner_params``, ``train_batch``, ``val_batch``,
+    ``train_indices``, ``val_indices``; ``inner_params_like``, ``num_train``,
+    ``num_val`` (required), ``linear_rate``, ``max_memory_bytes``.
 
   HOAG's tolerance schedule (Pedregosa 2016): the ``k``-th outer step solves
   ``(I − Jᵀ) q = ∇_w L_val`` to relative residual
@@ -150,7 +159,8 @@ def hypergradient(train_step: Callable, val_loss: Callable,
     train_step: ``train_step(params, hparams, batch) -> params``.
     val_loss: ``val_loss(params, hparams, batch) -> scalar``.
     method: one of ``"t1t2"``, ``"ift"``, ``"hoag"``, ``"implicit"``,
-      ``"reverse"``, ``"forward"``, ``"drmad"``.
+      ``"reverse"``, ``"forward"``, ``"drmad"``, ``"soba"``, ``"saba"``,
+      ``"amigo"``.
     **options: options of ``method`` (table above):
 
       * ``num_iters`` (``ift``, default 10), ``tol`` (``ift``: 1e-3, the

@@ -16,5 +16,8 @@ from hippojax._src.methods.registry import REGISTRY
 from hippojax._src.methods import one_step as _one_step  # noqa: F401
 from hippojax._src.methods import implicit as _implicit  # noqa: F401
 from hippojax._src.methods import unrolled as _unrolled  # noqa: F401
+from hippojax._src.stochastic import amigo as _amigo  # noqa: F401
+from hippojax._src.stochastic import saba as _saba  # noqa: F401
+from hippojax._src.stochastic import soba as _soba  # noqa: F401
 
 __all__ = ("Method", "MethodState", "REGISTRY", "build", "register")

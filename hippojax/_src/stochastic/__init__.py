@@ -1,0 +1,1 @@
+"""Stochastic (minibatch) hypergradients and single-loop bilevel solvers."""
