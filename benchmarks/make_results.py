@@ -19,7 +19,8 @@ RESULTS = HERE / "results"
 ORDER = ["accuracy", "nonconvex", "safeguards", "symmetric_products",
          "overhead", "vs_jaxopt", "roofline",
          "memory", "scale", "compile", "million_hparams", "vs_hippotrainer",
-         "vs_hippotrainer_torch", "time_to_target", "optuna_params"]
+         "vs_hippotrainer_torch", "time_to_target", "optuna_params",
+         "minibatch_bias", "stochastic"]
 
 HEADER = """# Benchmark results
 
