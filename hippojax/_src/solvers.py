@@ -164,7 +164,11 @@ def conjugate_gradient(matvec: MatVec, b: PyTree, init: PyTree | None, *,
   x0 = _initial(b, init)
   r0 = b if init is None else optax.tree.sub(b, matvec(x0))
   gamma0 = optax.tree.vdot(r0, r0)
-  threshold = tol**2 * optax.tree.vdot(b, b)
+  # A tolerance below machine epsilon is floored there: a smaller residual is
+  # rounding noise, and iterating on it only breaks down (pᵀAp underflows
+  # to 0 and would read as non-positive curvature).
+  eps = jnp.finfo(jnp.real(gamma0).dtype).eps
+  threshold = jnp.maximum(tol**2, eps**2) * optax.tree.vdot(b, b)
   inf = jnp.full((), jnp.inf, jnp.real(gamma0).dtype)
 
   def cond(carry):
@@ -175,15 +179,19 @@ def conjugate_gradient(matvec: MatVec, b: PyTree, init: PyTree | None, *,
     x, r, gamma, p, k, curvature = carry
     ap = matvec(p)
     pap = optax.tree.vdot(p, ap)
-    # pᵀAp <= 0: A is not positive definite along p. Stop without stepping
-    # (the step would go uphill or to infinity) and report it.
-    bad = ~(pap > 0)
-    alpha = jnp.where(bad, 0.0, gamma / jnp.where(bad, 1.0, pap))
     pp = optax.tree.vdot(p, p)
-    curvature = jnp.minimum(curvature, pap / jnp.where(pp > 0, pp, 1.0))
+    # pᵀAp <= 0 along a non-zero p: A is not positive definite. Stop without
+    # stepping (the step would go uphill or to infinity) and report it. A
+    # zero p means the residual vanished (or underflowed): stop, converged,
+    # with nothing to report.
+    nonzero = pp > 0
+    curvature = jnp.where(
+        nonzero, jnp.minimum(curvature, pap / jnp.where(nonzero, pp, 1.0)),
+        curvature)
+    alpha = jnp.where(pap > 0, gamma / jnp.where(pap > 0, pap, 1.0), 0.0)
     x = optax.tree.add_scale(x, alpha, p)
     r = optax.tree.add_scale(r, -alpha, ap)
-    gamma_new = optax.tree.vdot(r, r)
+    gamma_new = jnp.where(nonzero, optax.tree.vdot(r, r), 0.0)
     beta = gamma_new / jnp.where(gamma != 0, gamma, 1.0)
     p = optax.tree.add_scale(r, beta, p)
     return x, r, gamma_new, p, k + 1, curvature
