@@ -842,6 +842,11 @@ def _copy_to_jax(t: torch.Tensor, what: str) -> jax.Array:
         "is on: jax.config.update('jax_enable_x64', True) (or convert the "
         "module with module.float()).")
   # A copy: later in-place updates of the tensor must not show through.
+  if t.device.type == "cpu":
+    # Through NumPy, the array is uncommitted (like any jnp array): a
+    # DLPack import is committed to its device, and then the first jitted
+    # step that mixes it with uncommitted hyperparameters compiles twice.
+    return jnp.asarray(t.detach().cpu().numpy().copy())
   return _to_jax(t.detach().clone())
 
 
