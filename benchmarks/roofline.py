@@ -170,17 +170,19 @@ def measure(quick: bool) -> dict:
   step = hippojax.gradient_step(train_loss,
                                 learning_rate=_problems.LEARNING_RATE)
 
+  # Damped so that CG runs all its iterations: on this tanh MLP the Hessian
+  # is indefinite and undamped CG stops at the first negative curvature.
   def hoag(h, p, t, v):
     return hippojax.hoag(step, val_loss, h, p, t, v, tol=1e-20,
-                         maxiter=num_iters)
+                         maxiter=num_iters, damping=1.0)
 
   jitted = jax.jit(hoag)  # the same program as the library call
   pieces = piece_flops(step, params, hparams, train, val)
+  hg = hoag(hparams, params, train, val)
+  # CG may stop before maxiter (at machine precision); count what it ran.
+  num_iters = int(hg.info.num_iters)
   counts = dict(val_grad=1, linearize=1, product=num_iters + 1, mixed=1)
   total_flops = sum(pieces[k] * c for k, c in counts.items())
-  hg = hoag(hparams, params, train, val)
-  if int(hg.info.num_iters) != num_iters:
-    raise RuntimeError(f"CG stopped after {int(hg.info.num_iters)} iterations")
 
   a = jnp.ones((n_mm, n_mm), jnp.float32)
   matmul = jax.jit(jnp.matmul)

@@ -246,9 +246,10 @@ def test_products_at_one_point_reuse_one_torch_graph(mlp):
   run(step, mlp.w_star)  # compiles (and probes on zeros)
   calls.clear()
   at_star = run(step, mlp.w_star)
-  assert int(at_star.info.num_iters) == 25
-  # 25 CG products and the residual's share one graph; the VJP in hparams
-  # and the step's own call build theirs.
+  # CG runs to machine precision (its tolerance is floored at epsilon):
+  # many products, which all share one graph with the residual's; the VJP in
+  # hparams and the step's own call build theirs.
+  assert 10 <= int(at_star.info.num_iters) <= 25
   assert len(calls) <= 4, len(calls)
 
   w_other = jax.tree.map(lambda w: w + 0.05, mlp.w_star)

@@ -273,8 +273,10 @@ def _run(method, ns, step, val):
   return {
       "t1t2": lambda: hippojax.t1t2(step, val, h, w, tr, va),
       "ift": lambda: hippojax.ift(step, val, h, w, tr, va, num_iters=10),
+      # Damped: the MLP's Hessian has near-zero (rounding-negative)
+      # directions where undamped CG stops, at slightly different points.
       "hoag": lambda: hippojax.hoag(step, val, h, w, tr, va, tol=1e-12,
-                                    maxiter=30),
+                                    maxiter=30, damping=1e-3),
       "implicit_hypergrad": lambda: hippojax.implicit_hypergrad(
           step, val, h, w, tr, va, solver=hippojax.Neumann(num_iters=5)),
       "reverse": lambda: hippojax.reverse(step, val, h, w0, bs, va),
