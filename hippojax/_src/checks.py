@@ -12,6 +12,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 PyTree = Any
 
@@ -190,3 +191,20 @@ def num_steps_of(train_batches: PyTree, num_steps: int | None) -> int:
     raise ValueError(f"num_steps={num_steps} but train_batches has leading "
                      f"axis {T}.")
   return T
+
+
+def cast_to_inner_params(warm: PyTree, inner_params: PyTree) -> PyTree:
+  """Checks the warm start against ``inner_params``; casts to their dtypes."""
+  if jax.tree.structure(warm) != jax.tree.structure(inner_params):
+    raise ValueError(
+        f"inner_params has pytree structure {jax.tree.structure(inner_params)}"
+        ", but the transform was built with inner_params_like of structure "
+        f"{jax.tree.structure(warm)}.")
+  for (path, q), w in zip(jax.tree_util.tree_flatten_with_path(warm)[0],
+                          jax.tree.leaves(inner_params)):
+    if q.shape != jnp.shape(w):
+      raise ValueError(
+          f"inner_params{jax.tree_util.keystr(path)} has shape "
+          f"{tuple(jnp.shape(w))}, but inner_params_like gave shape "
+          f"{tuple(q.shape)}.")
+  return optax.tree.cast_like(warm, inner_params)

@@ -51,25 +51,23 @@ def _int_at_least(low: int):
   return parse
 
 
-def _seconds(text: str) -> float:
-  try:
-    value = float(text)
-  except ValueError:
-    value = math.nan
-  if not (value > 0 and math.isfinite(value)):
-    raise argparse.ArgumentTypeError(
-        f"must be a finite number of seconds > 0, got {text!r}")
-  return value
+def _positive(what: str):
+  """An argparse type: a finite float > 0, with ``what`` in its error."""
+
+  def parse(text: str) -> float:
+    try:
+      value = float(text)
+    except ValueError:
+      value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+      raise argparse.ArgumentTypeError(f"must be {what} > 0, got {text!r}")
+    return value
+
+  return parse
 
 
-def _positive_float(text: str) -> float:
-  try:
-    value = float(text)
-  except ValueError:
-    value = math.nan
-  if not (value > 0 and math.isfinite(value)):
-    raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
-  return value
+_seconds = _positive("a finite number of seconds")
+_positive_float = _positive("a number")
 
 
 # -- checks on paths (run time: exit status 1) -------------------------------

@@ -107,30 +107,35 @@ def _damped(product: Callable, damping) -> Callable:
   return lambda v: optax.tree.add_scale(product(v), damping, v)
 
 
+def _transposed_products(fn: Callable, params: PyTree, symmetric: bool):
+  """``(fn(params), v ↦ Jᵀv, true v ↦ Jᵀv or None)`` for ``J = ∂fn/∂w``.
+
+  With ``symmetric`` the product is ``J v`` by forward-over-reverse
+  linearisation (cheaper than a VJP when ``fn`` contains a gradient, and
+  equal to ``Jᵀ v`` only for symmetric ``J``); the third element is then the
+  true ``Jᵀ`` (one VJP), to certify a residual with.
+  """
+  if symmetric:
+    value, jvp = jax.linearize(fn, params)
+    return value, jvp, lambda v: jax.vjp(fn, params)[1](v)[0]
+  value, vjp = jax.vjp(fn, params)
+  return value, lambda v: vjp(v)[0], None
+
+
 def _fixed_point_system(train_step, hparams, params, batch, symmetric,
                         damping) -> _System:
   """``(I − Jᵀ + δI) q = ∇_w L_val``; hypergradient ``∇_λ L_val + Bᵀ q``."""
-  step_w = lambda w: train_step(w, hparams, batch)
-  if symmetric:
-    # J v by forward-over-reverse linearisation: cheaper than a VJP when the
-    # step contains a gradient, and equal to Jᵀ v only for symmetric J.
-    new, jvp = jax.linearize(step_w, params)
-    jt = jvp
-  else:
-    new, vjp = jax.vjp(step_w, params)
-    jt = lambda v: vjp(v)[0]
+  new, jt, true_jt = _transposed_products(
+      lambda w: train_step(w, hparams, batch), params, symmetric)
   matvec = _damped(lambda q: optax.tree.sub(q, jt(q)), damping)
   certify = None
-  if symmetric and not getattr(train_step, "symmetric_by_construction",
-                               False):
+  if true_jt is not None and not getattr(
+      train_step, "symmetric_by_construction", False):
     # The shortcut is only as good as the symmetry; measure the residual
-    # with the true Jᵀ (one VJP) so that a wrong declaration shows. Only
-    # the library's own gradient step with a constant scalar rate, whose
-    # Jacobian I − ηH is symmetric because H is a Hessian, is exempt.
-    def certify(q):
-      _, vjp = jax.vjp(step_w, params)
-      return optax.tree.add_scale(optax.tree.sub(q, vjp(q)[0]), damping, q)
-
+    # with the true Jᵀ so that a wrong declaration shows. Only the library's
+    # own gradient step with a constant scalar rate, whose Jacobian I − ηH
+    # is symmetric because H is a Hessian, is exempt.
+    certify = _damped(lambda q: optax.tree.sub(q, true_jt(q)), damping)
   _, vjp_lam = jax.vjp(lambda lam: train_step(params, lam, batch), hparams)
   pullback = lambda q: vjp_lam(q)[0]
   return _System(matvec, certify, pullback, optax.tree.sub(new, params))
@@ -178,20 +183,10 @@ def _root_system(optimality_fun, hparams, params, batch, symmetric,
   the Hessian form; with ``F = Φ(w) − w`` the fixed-point form (``u = −q``).
   ``displacement`` is ``F(w)`` itself: ``w`` is only a root where it is 0.
   """
-  fun_w = lambda w: optimality_fun(w, hparams, batch)
-  if symmetric:
-    value, jvp = jax.linearize(fun_w, params)
-    op = jvp
-  else:
-    value, vjp = jax.vjp(fun_w, params)
-    op = lambda u: vjp(u)[0]
+  value, op, true_op = _transposed_products(
+      lambda w: optimality_fun(w, hparams, batch), params, symmetric)
   matvec = _damped(op, damping)
-  certify = None
-  if symmetric:
-    def certify(u):
-      _, vjp = jax.vjp(fun_w, params)
-      return optax.tree.add_scale(vjp(u)[0], damping, u)
-
+  certify = None if true_op is None else _damped(true_op, damping)
   _, vjp_lam = jax.vjp(lambda lam: optimality_fun(params, lam, batch),
                        hparams)
   pullback = lambda u: jax.tree.map(jnp.negative, vjp_lam(u)[0])

@@ -32,6 +32,7 @@ import optax
 
 from hippojax._src import methods as methods_lib
 from hippojax._src.base import all_finite
+from hippojax._src.implicit import declares_loss
 from hippojax._src.space import SearchSpace
 from hippojax._src.unrolled import drmad, reverse
 
@@ -137,7 +138,6 @@ class _GradientStepOnU:
 
 
 def _step_on_u(step, space):
-  from hippojax._src.implicit import declares_loss  # pylint: disable=C0415
   return (_GradientStepOnU(step, space) if declares_loss(step) else
           _OnU(step, space))
 
@@ -261,8 +261,7 @@ class Engine:
       hg, _ = self._method.hypergrad(
           ms, u, {"inner_params": w, "train_batch": train, "val_batch": val},
           train_step=self._step_u, val_loss=self._val_u)
-      accepted = all_finite(hg.grad) & ~jnp.isnan(
-          hg.info.residual) & self._method.accept(hg)
+      accepted = methods_lib.accepted(self._method, hg)
       ms = self._method.next_state(ms, hg, accepted, None)
       if self.method == "hoag":
         solution = ms.warm_start

@@ -20,7 +20,6 @@ import optax
 
 from hippojax._src import checks
 from hippojax._src import methods as methods_lib
-from hippojax._src.base import all_finite
 
 PyTree = Any
 
@@ -255,10 +254,7 @@ def hypergradient(train_step: Callable, val_loss: Callable,
                                  state.extra)
     hg, new_extra = impl.hypergrad(ms, params, extra, train_step=train_step,
                                    val_loss=val_loss)
-    # A non-finite value or residual also refuses: a solver fed a non-finite
-    # right-hand side may stop at once and return a finite, stale solution.
-    accepted = (all_finite(hg.grad) & jnp.isfinite(hg.value) &
-                ~jnp.isnan(hg.info.residual) & impl.accept(hg))
+    accepted = methods_lib.accepted(impl, hg)
     grad = jax.tree.map(lambda g: jnp.where(accepted, g, jnp.zeros_like(g)),
                         hg.grad)
     if updates is not None:

@@ -6,6 +6,7 @@ the transform's state and computes one hypergradient. :data:`REGISTRY` maps
 the ``method=`` names to their builders; :func:`register` adds one.
 """
 
+from hippojax._src.methods.base import accepted
 from hippojax._src.methods.base import Method
 from hippojax._src.methods.base import MethodState
 from hippojax._src.methods.registry import build
@@ -20,4 +21,5 @@ from hippojax._src.stochastic import amigo as _amigo  # noqa: F401
 from hippojax._src.stochastic import saba as _saba  # noqa: F401
 from hippojax._src.stochastic import soba as _soba  # noqa: F401
 
-__all__ = ("Method", "MethodState", "REGISTRY", "build", "register")
+__all__ = ("accepted", "Method", "MethodState", "REGISTRY", "build",
+           "register")

@@ -6,6 +6,7 @@ from typing import Any, ClassVar, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from hippojax._src.base import all_finite
 from hippojax._src.base import HyperGrad
 
 PyTree = Any
@@ -77,3 +78,14 @@ class Method:
     """The state for the next outer step (tolerance, warm start, damping)."""
     del hg, accepted
     return state._replace(extra=new_extra)
+
+
+def accepted(method: Method, hg: HyperGrad) -> jax.Array:
+  """Whether ``hg`` may reach the hyperparameters.
+
+  Its gradient, value and residual must be finite (a solver fed a non-finite
+  right-hand side may stop at once with a finite, stale solution, so the
+  value and residual are checked too), and the method's own test must pass.
+  """
+  return (all_finite(hg.grad) & jnp.isfinite(hg.value) &
+          ~jnp.isnan(hg.info.residual) & method.accept(hg))

@@ -55,23 +55,6 @@ def _hypergrad(train_step, val_loss, hparams, params, train_batch, val_batch,
       fixed_point_tol=fixed_point_tol, params_name="inner_params")
 
 
-def _warm_start_like(warm: PyTree, inner_params: PyTree) -> PyTree:
-  """Checks the warm start against ``inner_params``; casts to their dtypes."""
-  if jax.tree.structure(warm) != jax.tree.structure(inner_params):
-    raise ValueError(
-        f"inner_params has pytree structure {jax.tree.structure(inner_params)}"
-        ", but the transform was built with inner_params_like of structure "
-        f"{jax.tree.structure(warm)}.")
-  for (path, q), w in zip(jax.tree_util.tree_flatten_with_path(warm)[0],
-                          jax.tree.leaves(inner_params)):
-    if q.shape != jnp.shape(w):
-      raise ValueError(
-          f"inner_params{jax.tree_util.keystr(path)} has shape "
-          f"{tuple(jnp.shape(w))}, but inner_params_like gave shape "
-          f"{tuple(q.shape)}.")
-  return optax.tree.cast_like(warm, inner_params)
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class Implicit(Method):
   r"""Any solver on the implicit system, with the transform's safeguards.
@@ -143,7 +126,7 @@ class Implicit(Method):
     w = extra["inner_params"]
     warm = state.warm_start
     if warm is not None:  # the solve runs in the dtypes of inner_params
-      warm = _warm_start_like(warm, w)
+      warm = checks.cast_to_inner_params(warm, w)
     solver = self._solver()
     system = implicit_lib.resolve_system(self.system, train_step, solver)
     symmetric = implicit_lib.resolve_symmetric(self.symmetric, train_step)

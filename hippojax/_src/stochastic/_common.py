@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import optax
 
 from hippojax._src import checks
+from hippojax._src.implicit import relative_norm as relative
 from hippojax._src.base import all_finite
 from hippojax._src.base import HyperGrad
 from hippojax._src.base import HyperGradInfo
@@ -63,29 +64,6 @@ def directions(train_step, val_loss, hparams, params, q, train_batch,
                            jt_q, g_w)
   return Step(value, optax.tree.add(g_lam, bt_q), direction, g_w,
               optax.tree.sub(new, params))
-
-
-def relative(tree: PyTree, like: PyTree) -> jax.Array:
-  """``‖tree‖ / ‖like‖`` (``‖tree‖`` when ``like = 0``)."""
-  num, den = optax.tree.norm(tree), optax.tree.norm(like)
-  return num / jnp.where(den > 0, den, 1.0)
-
-
-def q_like(q: PyTree, inner_params: PyTree) -> PyTree:
-  """Checks ``q`` (from ``inner_params_like``) against ``inner_params``."""
-  if jax.tree.structure(q) != jax.tree.structure(inner_params):
-    raise ValueError(
-        f"inner_params has pytree structure {jax.tree.structure(inner_params)}"
-        ", but the transform was built with inner_params_like of structure "
-        f"{jax.tree.structure(q)}.")
-  for (path, a), w in zip(jax.tree_util.tree_flatten_with_path(q)[0],
-                          jax.tree.leaves(inner_params)):
-    if a.shape != jnp.shape(w):
-      raise ValueError(
-          f"inner_params{jax.tree_util.keystr(path)} has shape "
-          f"{tuple(jnp.shape(w))}, but inner_params_like gave shape "
-          f"{tuple(a.shape)}.")
-  return optax.tree.cast_like(q, inner_params)
 
 
 def result(step: Step, hparams: PyTree, params: PyTree, q_new: PyTree,

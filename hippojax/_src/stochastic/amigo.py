@@ -53,7 +53,7 @@ class Amigo(_common.SingleLoop):
 
   def hypergrad(self, state, hparams, extra, *, train_step, val_loss):
     w = extra["inner_params"]
-    q0 = _common.q_like(state.warm_start, w)
+    q0 = checks.cast_to_inner_params(state.warm_start, w)
     hparams = checks.as_float_tree("hparams", hparams)
     tb, vb = extra.get("train_batch"), extra.get("val_batch")
 

@@ -201,7 +201,7 @@ class Saba(_common.SingleLoop):
 
   def hypergrad(self, state, hparams, extra, *, train_step, val_loss):
     w = extra["inner_params"]
-    q = _common.q_like(state.warm_start, w)
+    q = checks.cast_to_inner_params(state.warm_start, w)
     hparams = checks.as_float_tree("hparams", hparams)
     tb, vb = extra["train_batch"], extra["val_batch"]
     ti = _check_indices("train_indices", extra["train_indices"], tb)

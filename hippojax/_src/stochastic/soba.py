@@ -37,7 +37,7 @@ class Soba(_common.SingleLoop):
 
   def hypergrad(self, state, hparams, extra, *, train_step, val_loss):
     w = extra["inner_params"]
-    q = _common.q_like(state.warm_start, w)
+    q = checks.cast_to_inner_params(state.warm_start, w)
     hparams = checks.as_float_tree("hparams", hparams)
     step = _common.directions(train_step, val_loss, hparams, w, q,
                               extra.get("train_batch"), extra.get("val_batch"),
