@@ -149,6 +149,18 @@ def start(env, cwd, argv, *, faults=(), diverge=False, ulimit_kb=None):
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+def wait_until_stopped(proc, timeout=300):
+  """Waits until `proc` has stopped itself (SIGSTOP); fails if it exits."""
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    assert proc.poll() is None, proc.communicate()
+    with open(f"/proc/{proc.pid}/stat") as f:
+      if f.read().split(") ", 1)[1].startswith("T"):
+        return
+    time.sleep(0.05)
+  raise AssertionError(f"process {proc.pid} did not stop in {timeout} s")
+
+
 def run(env, cwd, argv, **kw) -> Run:
   return Run(start(env, cwd, argv, **kw))
 
@@ -339,11 +351,16 @@ def test_f2_f3_blackbox_killed_between_writes_reruns_the_step(
 def test_f4_same_seed_in_two_directories_runs_once(env, tmp_path, reference):
   storage = f"sqlite:///{tmp_path}/s.db"
   argv = ["run", *GRAD, "--steps", str(N_GRAD), "--storage", storage]
-  procs = [start(env, tmp_path / d, argv) for d in ("a", "b")]
-  runs = [Run(p) for p in procs]
-  assert sorted(r.rc for r in runs) == [0, 1], [r.err for r in runs]
-  (busy,) = [r for r in runs if r.rc == 1]
-  (line,) = busy.error_lines()
+  # The first worker waits (SIGSTOP) mid-chain, so the second always meets a
+  # live owner, however slowly either process starts.
+  first = start(env, tmp_path / "a", argv,
+                faults=[{"at": "record", "step": 4, "signal": "SIGSTOP"}])
+  wait_until_stopped(first)
+  second = run(env, tmp_path / "b", argv)
+  first.send_signal(signal.SIGCONT)
+  first = Run(first)
+  assert (first.rc, second.rc) == (0, 1), (first.err, second.err)
+  (line,) = second.error_lines()
   assert "seed 0 of study 's' is being run by" in line
   assert_full_chain(storage, reference["grad"], N_GRAD)
 
@@ -377,12 +394,7 @@ def test_f4_deleted_checkpoint_directory_lets_no_second_worker_in(
   # goes on.
   first = start(env, tmp_path / "a", argv,
                 faults=[{"at": "record", "step": 4, "signal": "SIGSTOP"}])
-  deadline = time.time() + 120
-  while time.time() < deadline:
-    with open(f"/proc/{first.pid}/stat") as f:
-      if f.read().split(") ", 1)[1].startswith("T"):
-        break
-    time.sleep(0.05)
+  wait_until_stopped(first)
   import shutil
   shutil.rmtree(ckpt)
   second = run(env, tmp_path / "b", argv)
