@@ -14,6 +14,7 @@ from hippojax._src.implicit import implicit_hypergrad
 from hippojax._src.implicit_diff import custom_fixed_point
 from hippojax._src.implicit_diff import custom_root
 from hippojax._src.one_step import t1t2
+from hippojax._src.polish import polish
 from hippojax._src.online_lr import hypergradient_descent
 from hippojax._src.online_lr import HypergradientDescentState
 from hippojax._src.solvers import BiCGStab
@@ -92,6 +93,7 @@ __all__ = (
     "maid",
     "minibatch_hypergrad",
     "optax_step",
+    "polish",
     "problems",
     "reverse",
     "saba_memory_bytes",

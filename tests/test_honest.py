@@ -250,6 +250,88 @@ def test_oscillating_inner_loop_is_not_converged(logistic):
   assert float(hg.info.fixed_point_residual) > 1e-3
 
 
+def test_polish_turns_an_oscillating_loop_into_an_exact_fixed_point(logistic):
+  """Past the edge of stability, half steps of the same map converge."""
+  p = logistic
+  h_max = float(jnp.linalg.eigvalsh(
+      jax.hessian(logistic_loss)(p.params, p.theta, p.train)).max())
+  step = hippojax.gradient_step(logistic_loss, 2.2 / h_max)
+  w = jax.lax.fori_loop(0, 200, lambda _, w: step(w, p.theta, p.train),
+                        p.params + 0.01)
+  polished, k = jax.jit(lambda w: hippojax.polish(
+      step, w, p.theta, p.train, max_steps=2000, fixed_point_tol=1e-12))(w)
+  assert 0 < int(k) < 2000
+  hg = hippojax.hoag(step, logistic_val, p.theta, polished, p.train, p.val,
+                     tol=1e-10, fixed_point_tol=1e-12)
+  assert bool(hg.info.converged)
+  assert float(hg.info.fixed_point_residual) <= 0.5e-12
+  np.testing.assert_allclose(hg.grad, p.exact, rtol=1e-8)
+  # Already a fixed point: no step taken; a budget of 0 takes none either.
+  again, k = hippojax.polish(step, polished, p.theta, p.train,
+                             fixed_point_tol=1e-12)
+  assert int(k) == 0 and again is not None
+  _, k = hippojax.polish(step, w, p.theta, p.train, max_steps=0)
+  assert int(k) == 0
+  with pytest.raises(TypeError, match="max_steps must be an integer"):
+    hippojax.polish(step, w, p.theta, p.train, max_steps=1.5)
+  with pytest.raises(ValueError, match="fixed_point_tol"):
+    hippojax.polish(step, w, p.theta, p.train, fixed_point_tol=-1.0)
+
+
+def _ill_conditioned_quadratic(d=60):
+  """``½ wᵀ diag(h) w − θᵀw`` with eigenvalues from 1e-2 to 1."""
+  h = jnp.logspace(-2, 0, d)
+
+  def loss(w, theta, batch):
+    del batch
+    return 0.5 * jnp.sum(h * w**2) - jnp.sum(theta * w)
+
+  return loss, h
+
+
+_ILL_LOSS, _ILL_H = _ill_conditioned_quadratic()
+_ILL_STEP = hippojax.gradient_step(_ILL_LOSS, 0.5)
+
+
+def _ill_val(w, theta, batch):
+  del theta, batch
+  return 0.5 * jnp.sum((w - 1.0)**2)
+
+
+@pytest.mark.parametrize("damp_on_stall", [False, True])
+def test_stalled_solves_raise_damping_only_when_asked(damp_on_stall):
+  theta = jnp.ones(_ILL_H.size)
+  w = theta / _ILL_H  # the exact minimiser: only the solve can fail
+  tx = hippojax.hypergradient(_ILL_STEP, _ill_val, method="hoag", maxiter=8,
+                              tol=1e-3, decay=1.0, damp_on_stall=damp_on_stall,
+                              inner_params_like=w)
+  state = tx.init(theta)
+  update = jax.jit(tx.update)
+  dampings, converged, iters = [], [], []
+  for _ in range(16):
+    _, state = update(None, state, theta, inner_params=w, train_batch=None,
+                      val_batch=None)
+    dampings.append(float(state.damping))
+    converged.append(bool(state.converged))
+    iters.append(int(state.num_iters))
+  if not damp_on_stall:
+    # CG runs out of its 8 iterations (the warm start carries the solve on
+    # across outer steps); the damping does not move.
+    assert dampings == [0.0] * 16 and not converged[0]
+    return
+  # Raised x2 (from 1e-3) after every stall, until CG meets its budget;
+  # never lowered after a solve that used more than half of maxiter.
+  assert dampings[0] == pytest.approx(1e-3)
+  assert dampings[1] == pytest.approx(2e-3)
+  for i in range(1, 16):
+    if iters[i] > 4:  # solve i (damped by dampings[i - 1]) had no room
+      assert dampings[i] >= dampings[i - 1]
+  assert not converged[0] and all(converged[-4:]) and max(dampings) < 10.0
+  with pytest.raises(TypeError, match="damp_on_stall must be True or False"):
+    hippojax.hypergradient(_ILL_STEP, _ill_val, method="hoag",
+                           damp_on_stall=1)
+
+
 def test_nonfinite_value_is_not_converged_for_any_method(logistic):
   p = logistic
   bad_val = {"x": p.val["x"].at[0, 0].set(jnp.nan), "y": p.val["y"]}

@@ -309,3 +309,19 @@ def test_cg_iterates_like_jax_scipy_cg(seed, n, maxiter):
                                          tol=1e-30, maxiter=maxiter)
   np.testing.assert_allclose(ours, theirs, rtol=1e-9, atol=1e-12)
   assert 1 <= int(stats.num_iters) <= maxiter
+
+
+def test_cg_restarts_when_its_recursive_residual_drifts_in_float32():
+  """float32, condition 1e3, tol 3e-5: CG's recursive residual says done
+  before the true one is; CG restarts from the true residual and meets it."""
+  rng = np.random.default_rng(0)
+  n, tol = 200, 3e-5
+  for _ in range(10):
+    q, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    a = jnp.asarray((q * np.logspace(-3, 0, n)) @ q.T, jnp.float32)
+    b = jnp.asarray(rng.normal(size=n), jnp.float32)
+    x, stats = jax.jit(lambda b, a=a: hippojax.CG(tol=tol, maxiter=1000)(
+        lambda v: a @ v, b))(b)
+    true = float(jnp.linalg.norm(b - a @ x) / jnp.linalg.norm(b))
+    assert bool(stats.converged) and int(stats.num_iters) < 1000
+    assert true <= tol and float(stats.residual) == pytest.approx(true)

@@ -3,7 +3,9 @@ r"""The outer loop of the gradient methods on a :class:`Problem`.
 One outer step, compiled once per (problem, method, options):
 
 1. ``λ = σ-bijection(u)`` (see :mod:`hippojax._src.space`);
-2. ``inner_steps`` warm-started training steps at ``λ``;
+2. ``inner_steps`` warm-started training steps at ``λ``; before an implicit
+   hypergradient, up to ``inner_steps / 5`` half steps that make the weights
+   a fixed point (see :func:`hippojax.polish`);
 3. the hypergradient ``d L_val / d u`` by the chosen method (through ``λ(u)``);
 4. an Adam step on ``u``; a refused hypergradient is replaced by zero.
 
@@ -33,6 +35,7 @@ import optax
 from hippojax._src import methods as methods_lib
 from hippojax._src.base import all_finite
 from hippojax._src.implicit import declares_loss
+from hippojax._src.polish import polish
 from hippojax._src.space import SearchSpace
 from hippojax._src.unrolled import drmad, reverse
 
@@ -41,6 +44,10 @@ PyTree = Any
 IMPLICIT = ("t1t2", "ift", "hoag")
 UNROLLED = ("drmad", "reverse")
 GRADIENT_METHODS = IMPLICIT + UNROLLED
+
+#: Fixed-point polishing before an implicit hypergradient: at most this
+#: fraction of ``inner_steps`` half steps (see :func:`hippojax.polish`).
+POLISH_FRACTION = 0.2
 
 
 class OuterState(NamedTuple):
@@ -208,6 +215,9 @@ class Engine:
       kwargs = {k: options[k] for k in own if k in options}
       if method == "hoag":  # the study's tolerance is fixed, not scheduled
         kwargs["decay"] = 1.0
+        # A fixed budget per outer step on (mostly) networks: a stall is a
+        # conditioning problem, which damping solves.
+        kwargs["damp_on_stall"] = True
       self._method = methods_lib.build(method, kwargs)
     if method in UNROLLED:
       self.unroll_steps = min(int(options["unroll_steps"]), self.inner_steps)
@@ -216,6 +226,7 @@ class Engine:
       self._carry_val = _CarryVal(self._val_u)
     else:
       self.unroll_steps = 0
+    self.polish_steps = int(POLISH_FRACTION * self.inner_steps)
     self._jit_step = jax.jit(self._step)
 
   def init(self, seed: int) -> OuterState:
@@ -255,6 +266,9 @@ class Engine:
     w = self._train(state.params, hparams, train, plain)
     solution, damping, tol = state.solution, state.damping, state.tol
     if self.method in IMPLICIT:
+      w, _ = polish(p.train_step, w, hparams, train,
+                    max_steps=self.polish_steps,
+                    fixed_point_tol=self._method.fixed_point_tol)
       value = p.val_loss(w, hparams, val)
       warm = solution if self.method == "hoag" else None
       ms = methods_lib.MethodState(tol, warm, damping, None)

@@ -28,6 +28,9 @@ PyTree = Any
 DAMPING_START = 1e-3
 DAMPING_INCREASE = 10.0
 DAMPING_DECREASE = 0.8
+#: With ``damp_on_stall``: the factor after a solve that ran out of
+#: iterations (finite, positive curvature, residual above ``tol``).
+DAMPING_STALL = 2.0
 DAMPING_MAX = 1e6
 
 
@@ -69,7 +72,13 @@ class Implicit(Method):
     ``max(10 δ, 1e-3, 2 (δ − κ))`` (``κ`` CG's measured curvature, when it
     is negative); after a converged solve whose curvature stayed above
     ``δ`` it shrinks by a factor 0.8, down to the ``damping`` option, which
-    is the floor (default 0).
+    is the floor (default 0). With ``damp_on_stall=True`` (the studies'
+    setting), a solve that ran out of iterations without meeting its
+    tolerance also raises ``δ`` to ``max(2 δ, 1e-3)``: on a network the
+    Hessian's near-zero eigenvalues make CG stall, and damping is what
+    conditions the system; it is then lowered only after solves that used
+    at most half of ``maxiter``. Off by default, since on a convex problem a
+    stall calls for more iterations, not for bias.
   """
 
   solver: Any = "cg"
@@ -77,6 +86,7 @@ class Implicit(Method):
   system: str = "auto"
   damping: float = 0.0
   adaptive_damping: bool = True
+  damp_on_stall: bool = False
   max_residual: float = 1.0
   fixed_point_tol: float | None = None
   inner_params_like: Any = None
@@ -95,6 +105,9 @@ class Implicit(Method):
     if not isinstance(self.adaptive_damping, bool):
       raise TypeError(f"adaptive_damping must be True or False, got "
                       f"{self.adaptive_damping!r}.")
+    if not isinstance(self.damp_on_stall, bool):
+      raise TypeError(f"damp_on_stall must be True or False, got "
+                      f"{self.damp_on_stall!r}.")
     checks.check_positive("max_residual", self.max_residual)
     implicit_lib.check_fixed_point_tol(self.fixed_point_tol)
     if self.inner_params_like is not None:
@@ -164,12 +177,22 @@ class Implicit(Method):
       # along every direction CG explored), and slowly, so that damping
       # does not fall straight back into the failure it cured.
       spare = ~(info.curvature <= damping)  # nan (no CG): no information
+      maxiter = getattr(self._solver(), "maxiter", None)
+      if self.damp_on_stall and maxiter is not None:
+        # ... and, where stalls raise it, only when the solve had iterations
+        # to spare, so that damping settles where CG meets its budget.
+        spare = spare & (info.num_iters <= maxiter // 2)
       lowered = DAMPING_DECREASE * damping
       lowered = jnp.where(lowered < self.damping + 1e-2 * DAMPING_START,
                           self.damping, lowered)
+      stalled = (jnp.asarray(self.damp_on_stall) & ~diverged & ~solved &
+                 jnp.isfinite(info.residual))
+      stall_raised = jnp.maximum(DAMPING_STALL * damping, DAMPING_START)
       damping = jnp.where(
           diverged, jnp.minimum(raised, DAMPING_MAX),
-          jnp.where(solved & spare, lowered, damping))
+          jnp.where(solved & spare, lowered,
+                    jnp.where(stalled, jnp.minimum(stall_raised, DAMPING_MAX),
+                              damping)))
       damping = damping.astype(state.damping.dtype)
     tol = self.next_tol(state.tol).astype(state.tol.dtype)
     return MethodState(tol=tol, warm_start=warm, damping=damping,
