@@ -1,6 +1,7 @@
 """Gradient hyperparameter tuning on non-convex networks, against TPE.
 
-On ``mlp-digits``, ``mlp-mnist1d`` and a small CNN on digits (defined here),
+On ``mlp-digits``, ``mlp-mnist1d``, a small CNN on digits and the Flax
+page's MLP written as a user's own problem (both defined here),
 the default gradient method of a study (``hoag`` through the safeguarded
 engine: refusal, warm-start resets, adaptive damping) runs one chain of
 ``N`` outer steps. Reported per problem:
@@ -15,7 +16,7 @@ engine: refusal, warm-start resets, adaptive damping) runs one chain of
   wall-clock (TPE trials until the chain's wall-clock, compilation
   included).
 
-    python benchmarks/nonconvex.py [--quick] [--out DIR]
+    python benchmarks/nonconvex.py [--quick] [--out DIR] [--problems A,B]
 """
 
 import dataclasses
@@ -88,6 +89,55 @@ def cnn_digits() -> problems_lib.Problem:
       inner_steps=300, outer_lr=0.1)
 
 
+# ------------------------------------------- an MLP a user writes from the docs
+# The Flax page's model (8-32-1 tanh regression on y = sin(x0) + noise, one
+# weight decay per layer, gradient steps of 0.1) written as a Problem the way
+# the studies page's "Your own problem" shows: plain JAX, float32, no
+# registry.
+
+
+def _user_mlp_init(key):
+  k1, k2 = jax.random.split(key)
+  return {"hidden": {"kernel": jax.random.normal(k1, (8, 32)) / math.sqrt(8),
+                     "bias": jnp.zeros(32)},
+          "out": {"kernel": jax.random.normal(k2, (32, 1)) / math.sqrt(32),
+                  "bias": jnp.zeros(1)}}
+
+
+def _user_mlp_mse(params, hparams, batch):
+  del hparams
+  xb, yb = batch
+  h = jnp.tanh(xb @ params["hidden"]["kernel"] + params["hidden"]["bias"])
+  pred = (h @ params["out"]["kernel"] + params["out"]["bias"])[:, 0]
+  return jnp.mean((pred - yb) ** 2)
+
+
+def _user_mlp_loss(params, hparams, batch):
+  wd = hparams["weight_decay"]
+  return _user_mlp_mse(params, hparams, batch) + 0.5 * (
+      wd[0] * jnp.sum(params["hidden"]["kernel"] ** 2) +
+      wd[1] * jnp.sum(params["out"]["kernel"] ** 2))
+
+
+@functools.cache
+def user_mlp() -> problems_lib.Problem:
+  key = jax.random.key(0)
+  x = jax.random.normal(key, (192, 8))
+  y = jnp.sin(x[:, 0]) + 0.3 * jax.random.normal(jax.random.fold_in(key, 1),
+                                                 (192,))
+  split = lambda a, b: (x[a:b], y[a:b])
+  space = SearchSpace((suggest_float("weight_decay", 1e-6, 1e-1, log=True,
+                                     shape=(2,), init=float(np.exp(-4.0))),))
+  return problems_lib.Problem(
+      name="user-mlp", description="the Flax page's 8-32-1 tanh MLP, as a "
+      "user's own Problem", space=space,
+      train_step=gradient_step(_user_mlp_loss, 0.1), val_loss=_user_mlp_mse,
+      init_params=_user_mlp_init, train_data=split(0, 64),
+      val_data=split(64, 128), test_data=split(128, 192),
+      test_metric=_user_mlp_mse, metric_name="test MSE",
+      higher_is_better=False, inner_steps=200, outer_lr=0.1)
+
+
 # ------------------------------------------------------------------ measuring
 
 
@@ -151,19 +201,28 @@ def _tpe(problem, n_trials, wall_budget):
       return by_steps, by_wall
 
 
+PROBLEMS = ("mlp-digits", "mlp-mnist1d", "cnn-digits", "user-mlp")
+OWN = {"cnn-digits": cnn_digits, "user-mlp": user_mlp}
+
+
 def main():
-  args = _common.parser(__doc__).parse_args()
+  parser = _common.parser(__doc__)
+  parser.add_argument("--problems", default="",
+                      help=f"comma-separated subset of {','.join(PROBLEMS)} "
+                      "(merged into the existing results)")
+  args = parser.parse_args()
   if args.render:
     data = _common.read("nonconvex", args.out)
     _common.write("nonconvex", data, render(data), args.out)
     return
   load_before = _common.load()
   n_steps = 8 if args.quick else 40
-  names = ("mlp-digits",) if args.quick else ("mlp-digits", "mlp-mnist1d",
-                                              "cnn-digits")
+  names = ("mlp-digits",) if args.quick else PROBLEMS
+  if args.problems:
+    names = tuple(args.problems.split(","))
   rows = []
   for name in names:
-    problem = cnn_digits() if name == "cnn-digits" else problems_lib.get(name)
+    problem = OWN[name]() if name in OWN else problems_lib.get(name)
     default = problem.evaluate(problem.space.default())
     chain = _hoag_chain(problem, n_steps)
     tpe_steps, tpe_wall = _tpe(problem, n_steps, chain["wall_seconds"])
@@ -173,6 +232,12 @@ def main():
     print(name, rows[-1], flush=True)
   data = {**_common.run_info(load_before), "n_steps": n_steps,
           "quick": args.quick, "rows": rows}
+  if args.problems and not args.quick:  # a rerun of some problems: merge
+    old = _common.read("nonconvex", args.out)
+    fresh = {r["problem"]: r for r in rows}
+    data["rows"] = [fresh.pop(r["problem"], r) for r in old["rows"]]
+    data["rows"] += list(fresh.values())
+    data["command"] = f"{old['command']}; {data['command']}"
   _common.write("nonconvex_quick" if args.quick else "nonconvex", data,
                 render(data), args.out)
 

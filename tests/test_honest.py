@@ -220,6 +220,30 @@ def test_transform_raises_damping_on_a_saddle_then_converges():
 # ------------------------------------------------------- stationarity
 
 
+def test_retries_redo_a_negative_curvature_solve_with_more_damping():
+  a, b, theta, w, h, target = _saddle()
+  step = hippojax.gradient_step(_saddle_loss, 0.1)
+  kw = dict(method="hoag", inner_params_like=w, tol=1e-10, decay=1.0)
+  data = dict(inner_params=w, train_batch=(a, b), val_batch=target)
+  plain = hippojax.hypergradient(step, _saddle_val, **kw)
+  _, state = jax.jit(plain.update)(None, plain.init(theta), theta, **data)
+  assert not bool(state.converged) and int(state.num_refused) == 1
+  tx = hippojax.hypergradient(step, _saddle_val, retries=3, **kw)
+  g, state = jax.jit(tx.update)(None, tx.init(theta), theta, **data)
+  # The first call already returns a converged hypergradient: of the damped
+  # system whose damping the state reports (solved with, and not lowered
+  # after: the undamped operator is indefinite along CG's directions).
+  assert bool(state.converged) and int(state.num_refused) == 0
+  delta = float(state.damping)
+  lam_min = float(jnp.linalg.eigvalsh(h).min())
+  assert delta > -lam_min
+  z = jnp.linalg.solve(h + delta * jnp.eye(w.size), w - target)
+  mixed = jax.jacobian(jax.grad(_saddle_loss), argnums=1)(w, theta, (a, b))
+  np.testing.assert_allclose(g, -mixed.T @ z, rtol=1e-7)
+  with pytest.raises(ValueError, match="retries"):
+    hippojax.hypergradient(step, _saddle_val, method="hoag", retries=-1)
+
+
 def test_non_stationary_weights_are_flagged(logistic):
   p = logistic
   args = (p.step, logistic_val, p.theta)

@@ -3,9 +3,9 @@ r"""The outer loop of the gradient methods on a :class:`Problem`.
 One outer step, compiled once per (problem, method, options):
 
 1. ``λ = σ-bijection(u)`` (see :mod:`hippojax._src.space`);
-2. ``inner_steps`` warm-started training steps at ``λ``; before an implicit
-   hypergradient, up to ``inner_steps / 5`` half steps that make the weights
-   a fixed point (see :func:`hippojax.polish`);
+2. ``inner_steps`` warm-started training steps at ``λ``; before an ``ift`` or
+   ``hoag`` hypergradient, up to ``inner_steps / 2`` half steps that make
+   the weights a fixed point (see :func:`hippojax.polish`);
 3. the hypergradient ``d L_val / d u`` by the chosen method (through ``λ(u)``);
 4. an Adam step on ``u``; a refused hypergradient is replaced by zero.
 
@@ -47,7 +47,7 @@ GRADIENT_METHODS = IMPLICIT + UNROLLED
 
 #: Fixed-point polishing before an implicit hypergradient: at most this
 #: fraction of ``inner_steps`` half steps (see :func:`hippojax.polish`).
-POLISH_FRACTION = 0.2
+POLISH_FRACTION = 0.5
 
 
 class OuterState(NamedTuple):
@@ -218,6 +218,9 @@ class Engine:
         # A fixed budget per outer step on (mostly) networks: a stall is a
         # conditioning problem, which damping solves.
         kwargs["damp_on_stall"] = True
+        # Every outer step should move λ: a solve that met negative
+        # curvature is redone with more damping (at most twice).
+        kwargs["retries"] = 2
       self._method = methods_lib.build(method, kwargs)
     if method in UNROLLED:
       self.unroll_steps = min(int(options["unroll_steps"]), self.inner_steps)
@@ -226,7 +229,9 @@ class Engine:
       self._carry_val = _CarryVal(self._val_u)
     else:
       self.unroll_steps = 0
-    self.polish_steps = int(POLISH_FRACTION * self.inner_steps)
+    # Only the methods that assume a fixed point (ift, hoag) polish.
+    self.polish_steps = (int(POLISH_FRACTION * self.inner_steps)
+                         if getattr(self._method, "solves", False) else 0)
     self._jit_step = jax.jit(self._step)
 
   def init(self, seed: int) -> OuterState:
@@ -266,17 +271,20 @@ class Engine:
     w = self._train(state.params, hparams, train, plain)
     solution, damping, tol = state.solution, state.damping, state.tol
     if self.method in IMPLICIT:
-      w, _ = polish(p.train_step, w, hparams, train,
-                    max_steps=self.polish_steps,
-                    fixed_point_tol=self._method.fixed_point_tol)
+      if self.polish_steps:
+        w, _ = polish(p.train_step, w, hparams, train,
+                      max_steps=self.polish_steps,
+                      fixed_point_tol=self._method.fixed_point_tol)
       value = p.val_loss(w, hparams, val)
       warm = solution if self.method == "hoag" else None
       ms = methods_lib.MethodState(tol, warm, damping, None)
-      hg, _ = self._method.hypergrad(
+      hg, used = self._method.hypergrad(
           ms, u, {"inner_params": w, "train_batch": train, "val_batch": val},
           train_step=self._step_u, val_loss=self._val_u)
       accepted = methods_lib.accepted(self._method, hg)
-      ms = self._method.next_state(ms, hg, accepted, None)
+      ms = self._method.next_state(ms, hg, accepted, used)
+      if used is not None:  # the record holds the damping solved with
+        state = state._replace(damping=used.astype(state.damping.dtype))
       if self.method == "hoag":
         solution = ms.warm_start
       damping, tol = ms.damping, ms.tol

@@ -17,6 +17,7 @@ from hippojax._src import checks
 from hippojax._src import implicit as implicit_lib
 from hippojax._src import solvers as solvers_lib
 from hippojax._src.base import HyperGrad
+from hippojax._src.methods.base import accepted as is_accepted
 from hippojax._src.methods.base import Method
 from hippojax._src.methods.base import MethodState
 from hippojax._src.methods.registry import register
@@ -79,6 +80,10 @@ class Implicit(Method):
     conditions the system; it is then lowered only after solves that used
     at most half of ``maxiter``. Off by default, since on a convex problem a
     stall calls for more iterations, not for bias.
+  * **Retries** (``retries=k``, the studies use 2; default 0): a solve that
+    met non-positive curvature or was refused is redone at once, from zero,
+    with the raised damping, up to ``k`` times (Levenberg–Marquardt), so
+    that the outer step still gets a usable hypergradient.
   """
 
   solver: Any = "cg"
@@ -87,6 +92,7 @@ class Implicit(Method):
   damping: float = 0.0
   adaptive_damping: bool = True
   damp_on_stall: bool = False
+  retries: int = 0
   max_residual: float = 1.0
   fixed_point_tol: float | None = None
   inner_params_like: Any = None
@@ -105,6 +111,7 @@ class Implicit(Method):
     if not isinstance(self.adaptive_damping, bool):
       raise TypeError(f"adaptive_damping must be True or False, got "
                       f"{self.adaptive_damping!r}.")
+    checks.check_int("retries", self.retries, 0)
     if not isinstance(self.damp_on_stall, bool):
       raise TypeError(f"damp_on_stall must be True or False, got "
                       f"{self.damp_on_stall!r}.")
@@ -143,18 +150,52 @@ class Implicit(Method):
     solver = self._solver()
     system = implicit_lib.resolve_system(self.system, train_step, solver)
     symmetric = implicit_lib.resolve_symmetric(self.symmetric, train_step)
-    hg = _hypergrad(
-        train_step, val_loss, checks.as_float_tree("hparams", hparams), w,
-        extra.get("train_batch"), extra.get("val_batch"), warm,
-        state.damping, state.tol, solver=solver, symmetric=symmetric,
-        system=system, fixed_point_tol=self.fixed_point_tol)
-    return hg, None
+    hparams = checks.as_float_tree("hparams", hparams)
+
+    def solve(damping, warm):
+      return _hypergrad(
+          train_step, val_loss, hparams, w, extra.get("train_batch"),
+          extra.get("val_batch"), warm, damping, state.tol, solver=solver,
+          symmetric=symmetric, system=system,
+          fixed_point_tol=self.fixed_point_tol)
+
+    hg = solve(state.damping, warm)
+    if not (self.retries and self.adaptive_damping):
+      return hg, None
+
+    # Levenberg–Marquardt: a solve that met non-positive curvature or was
+    # refused is redone at once, from zero, with the raised damping.
+    def again(carry):
+      k, _, hg = carry
+      return (k < self.retries) & self._diverged(hg)
+
+    def retry(carry):
+      k, damping, hg = carry
+      damping = self._raised(damping, hg.info).astype(damping.dtype)
+      return k + 1, damping, solve(damping, None)
+
+    _, damping, hg = jax.lax.while_loop(
+        again, retry, (jnp.asarray(0, jnp.int32), state.damping, hg))
+    return hg, damping  # the damping of the solve returned
 
   def accept(self, hg: HyperGrad) -> jax.Array:
     return hg.info.residual <= self.max_residual
 
+  def _diverged(self, hg: HyperGrad) -> jax.Array:
+    return ~is_accepted(self, hg) | (hg.info.curvature <= 0)
+
+  def _raised(self, damping, info):
+    """``max(10 δ, 1e-3, 2 (δ − κ))``, at most ``DAMPING_MAX``."""
+    jump = jnp.where((info.curvature <= 0) & jnp.isfinite(info.curvature),
+                     2 * (damping - info.curvature), 0.0)
+    raised = jnp.maximum(jnp.maximum(DAMPING_INCREASE * damping,
+                                     DAMPING_START), jump)
+    return jnp.minimum(raised, DAMPING_MAX)
+
   def next_state(self, state, hg, accepted, new_extra) -> MethodState:
     info = hg.info
+    if new_extra is not None:  # retried: the damping of the solve returned
+      state = state._replace(damping=new_extra.astype(state.damping.dtype))
     bad_curvature = info.curvature <= 0
     diverged = ~accepted | bad_curvature
     warm = state.warm_start
@@ -168,10 +209,7 @@ class Implicit(Method):
     if self.adaptive_damping:
       solved = (jnp.isfinite(info.residual) & (info.residual <= state.tol) &
                 ~bad_curvature)
-      jump = jnp.where(bad_curvature & jnp.isfinite(info.curvature),
-                       2 * (damping - info.curvature), 0.0)
-      raised = jnp.maximum(jnp.maximum(DAMPING_INCREASE * damping,
-                                       DAMPING_START), jump)
+      raised = self._raised(damping, info)
       # Lower only where the damped operator had curvature to spare (CG's
       # smallest Rayleigh quotient above δ: the undamped one was positive
       # along every direction CG explored), and slowly, so that damping
@@ -189,14 +227,14 @@ class Implicit(Method):
                  jnp.isfinite(info.residual))
       stall_raised = jnp.maximum(DAMPING_STALL * damping, DAMPING_START)
       damping = jnp.where(
-          diverged, jnp.minimum(raised, DAMPING_MAX),
+          diverged, raised,
           jnp.where(solved & spare, lowered,
                     jnp.where(stalled, jnp.minimum(stall_raised, DAMPING_MAX),
                               damping)))
       damping = damping.astype(state.damping.dtype)
     tol = self.next_tol(state.tol).astype(state.tol.dtype)
     return MethodState(tol=tol, warm_start=warm, damping=damping,
-                       extra=new_extra)
+                       extra=None)
 
 
 @register("ift")
