@@ -161,6 +161,21 @@ def wait_until_stopped(proc, timeout=300):
   raise AssertionError(f"process {proc.pid} did not stop in {timeout} s")
 
 
+def run_beside_a_stopped_owner(env, tmp_path, argv) -> tuple[Run, Run]:
+  """The same command in directories a and b: the first worker waits
+  (SIGSTOP) mid-chain, so the second always meets a live owner, however
+  slowly either process starts; then the first goes on. Asserts that the
+  first finished and the second was refused."""
+  first = start(env, tmp_path / "a", argv,
+                faults=[{"at": "record", "step": 4, "signal": "SIGSTOP"}])
+  wait_until_stopped(first)
+  second = run(env, tmp_path / "b", argv)
+  first.send_signal(signal.SIGCONT)
+  first = Run(first)
+  assert (first.rc, second.rc) == (0, 1), (first.err, second.err)
+  return first, second
+
+
 def run(env, cwd, argv, **kw) -> Run:
   return Run(start(env, cwd, argv, **kw))
 
@@ -351,15 +366,7 @@ def test_f2_f3_blackbox_killed_between_writes_reruns_the_step(
 def test_f4_same_seed_in_two_directories_runs_once(env, tmp_path, reference):
   storage = f"sqlite:///{tmp_path}/s.db"
   argv = ["run", *GRAD, "--steps", str(N_GRAD), "--storage", storage]
-  # The first worker waits (SIGSTOP) mid-chain, so the second always meets a
-  # live owner, however slowly either process starts.
-  first = start(env, tmp_path / "a", argv,
-                faults=[{"at": "record", "step": 4, "signal": "SIGSTOP"}])
-  wait_until_stopped(first)
-  second = run(env, tmp_path / "b", argv)
-  first.send_signal(signal.SIGCONT)
-  first = Run(first)
-  assert (first.rc, second.rc) == (0, 1), (first.err, second.err)
+  first, second = run_beside_a_stopped_owner(env, tmp_path, argv)
   (line,) = second.error_lines()
   assert "seed 0 of study 's' is being run by" in line
   assert_full_chain(storage, reference["grad"], N_GRAD)

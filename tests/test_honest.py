@@ -261,14 +261,20 @@ def test_non_stationary_weights_are_flagged(logistic):
   assert bool(loose.info.converged)
 
 
-def test_oscillating_inner_loop_is_not_converged(logistic):
-  """Too large a step oscillates; the last iterate is no fixed point."""
-  p = logistic
+def _oscillating(p):
+  """A step of 2.2 / (the largest curvature) and 200 of its iterates."""
   h_max = float(jnp.linalg.eigvalsh(
       jax.hessian(logistic_loss)(p.params, p.theta, p.train)).max())
   step = hippojax.gradient_step(logistic_loss, 2.2 / h_max)
   w = jax.lax.fori_loop(0, 200, lambda _, w: step(w, p.theta, p.train),
                         p.params + 0.01)
+  return step, w
+
+
+def test_oscillating_inner_loop_is_not_converged(logistic):
+  """Too large a step oscillates; the last iterate is no fixed point."""
+  p = logistic
+  step, w = _oscillating(p)
   hg = hippojax.hoag(step, logistic_val, p.theta, w, p.train, p.val)
   _never_converged_and_wrong(hg, p.exact)
   assert float(hg.info.fixed_point_residual) > 1e-3
@@ -277,11 +283,7 @@ def test_oscillating_inner_loop_is_not_converged(logistic):
 def test_polish_turns_an_oscillating_loop_into_an_exact_fixed_point(logistic):
   """Past the edge of stability, half steps of the same map converge."""
   p = logistic
-  h_max = float(jnp.linalg.eigvalsh(
-      jax.hessian(logistic_loss)(p.params, p.theta, p.train)).max())
-  step = hippojax.gradient_step(logistic_loss, 2.2 / h_max)
-  w = jax.lax.fori_loop(0, 200, lambda _, w: step(w, p.theta, p.train),
-                        p.params + 0.01)
+  step, w = _oscillating(p)
   polished, k = jax.jit(lambda w: hippojax.polish(
       step, w, p.theta, p.train, max_steps=2000, fixed_point_tol=1e-12))(w)
   assert 0 < int(k) < 2000

@@ -16,7 +16,7 @@ import pytest
 from hippojax._src import storage as storage_lib
 # The command-line harness and the uninterrupted reference runs (fixtures).
 from test_faults import (BOX, GRAD, N_BOX, N_GRAD, Run, env, reference,  # noqa: F401 pylint: disable=unused-import
-                         run, start, summary, wait_until_stopped)
+                         run, run_beside_a_stopped_owner, start, summary)
 
 URL = os.environ.get("HIPPOJAX_TEST_POSTGRES_URL")
 
@@ -90,16 +90,8 @@ def test_gradient_workers_killed_and_resumed_in_another_directory(
 @pytest.mark.slow
 def test_same_seed_from_two_directories_runs_once(env, tmp_path, reference):
   name = f"dup-{uuid.uuid4().hex[:8]}"
-  argv = _argv(GRAD, name, 0, N_GRAD)
-  # The first worker waits (SIGSTOP) mid-chain, so the second always meets a
-  # live owner, however slowly either process starts.
-  first = start(env, tmp_path / "a", argv,
-                faults=[{"at": "record", "step": 4, "signal": "SIGSTOP"}])
-  wait_until_stopped(first)
-  second = run(env, tmp_path / "b", argv)
-  first.send_signal(signal.SIGCONT)
-  first = Run(first)
-  assert (first.rc, second.rc) == (0, 1), (first.err, second.err)
+  _, second = run_beside_a_stopped_owner(env, tmp_path,
+                                        _argv(GRAD, name, 0, N_GRAD))
   assert f"seed 0 of study {name!r} is being run by" in second.err
   chains, study = _chains(name)
   assert [t.user_attrs["step"] for t in chains[0]] == list(range(N_GRAD))

@@ -139,6 +139,7 @@ def _host_record(rec) -> dict:
       "finite": bool(rec.finite),
       "fixed_point_residual": float(rec.fixed_point_residual),
       "damping": float(rec.damping),
+      "polish_steps": int(rec.polish_steps),
   }
 
 
@@ -200,6 +201,10 @@ def run_gradient(study, problem, options, n_steps, timeout, checkpointer,
   best = min((t.value for t in recorded.values() if t.value is not None),
              default=math.inf)
   per_step = engine.inner_steps
+  # Polishing steps are training too: counted in the chain's inner_steps.
+  polished = sum(int(t.user_attrs.get("polish_steps") or 0)
+                 for k, t in recorded.items()
+                 if isinstance(k, int) and k < step)
   limit = study.max_failed_steps
   streak = 0
   while step - streak - 1 in recorded and _failed_trial(
@@ -235,12 +240,13 @@ def run_gradient(study, problem, options, n_steps, timeout, checkpointer,
           out = trials_lib.record_gradient_trial(
               study, problem, step, rec, started=started,
               wall=lambda: wall0 + time.perf_counter() - start,
-              inner_steps=per_step)
+              inner_steps=per_step, extra_steps=polished)
         new_wall, value = out["wall_seconds"], out["value"]
         failed = _failed(rec) or not math.isfinite(out["value"])
         if math.isfinite(out["value"]):
           best = min(best, out["value"])
       # The trial is recorded: only now does the chain move on.
+      polished += rec["polish_steps"]
       state, wall, step = new_state, new_wall, step + 1
       study._live[study.seed] = (engine, state, wall)  # pylint: disable=protected-access
       streak = streak + 1 if failed else 0

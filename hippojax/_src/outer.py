@@ -89,6 +89,8 @@ class StepRecord(NamedTuple):
       zeroed.
     fixed_point_residual: the method's ``info.fixed_point_residual``.
     damping: the damping the step's linear solve used.
+    polish_steps: the half steps :func:`hippojax.polish` took before the
+      solve (training steps beyond ``inner_steps``; 0 for other methods).
   """
 
   val_loss: jax.Array
@@ -100,6 +102,7 @@ class StepRecord(NamedTuple):
   finite: jax.Array
   fixed_point_residual: jax.Array
   damping: jax.Array
+  polish_steps: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,9 +273,10 @@ class Engine:
     plain = self.inner_steps - self.unroll_steps
     w = self._train(state.params, hparams, train, plain)
     solution, damping, tol = state.solution, state.damping, state.tol
+    polished = jnp.asarray(0, jnp.int32)
     if self.method in IMPLICIT:
       if self.polish_steps:
-        w, _ = polish(p.train_step, w, hparams, train,
+        w, polished = polish(p.train_step, w, hparams, train,
                       max_steps=self.polish_steps,
                       fixed_point_tol=self._method.fixed_point_tol)
       value = p.val_loss(w, hparams, val)
@@ -320,7 +324,7 @@ class Engine:
         num_iters=hg.info.num_iters, residual=hg.info.residual,
         converged=hg.info.converged, finite=finite,
         fixed_point_residual=hg.info.fixed_point_residual,
-        damping=state.damping)
+        damping=state.damping, polish_steps=polished)
     return new_state, record
 
 

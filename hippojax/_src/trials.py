@@ -126,7 +126,7 @@ def _json_float(v):
 def record_gradient_trial(study, problem, step: int, rec: dict, *,
                           started: datetime.datetime,
                           wall: Callable[[], float],
-                          inner_steps: int) -> dict:
+                          inner_steps: int, extra_steps: int = 0) -> dict:
   """Evaluates one outer step's hyperparameters and adds it as a trial.
 
   The trial's value is the validation loss after training from scratch at
@@ -143,6 +143,8 @@ def record_gradient_trial(study, problem, step: int, rec: dict, *,
     started: when the outer step started (the trial's ``datetime_start``).
     wall: returns the chain's cumulative wall-clock seconds now.
     inner_steps: training steps of one outer step (and of the retrain).
+    extra_steps: training steps the chain spent before this step beyond
+      those (the polishing half steps of earlier steps).
 
   Returns:
     ``{"value", "warm_val_loss", "wall_seconds", "inner_steps"}``: what was
@@ -153,9 +155,11 @@ def record_gradient_trial(study, problem, step: int, rec: dict, *,
   hparams = {k: np.asarray(v, np.float64) for k, v in rec["hparams"].items()}
   value = problem.validate(hparams, seed=study.seed, num_steps=inner_steps)
   seconds = wall()
-  # Each outer step trains inner_steps warm-started steps, then the retrain
-  # from scratch runs inner_steps more: both count as training spent.
-  spent = 2 * (step + 1) * inner_steps
+  # Each outer step trains inner_steps warm-started steps (plus its
+  # polishing half steps), then the retrain from scratch runs inner_steps
+  # more: all count as training spent.
+  polished = int(rec.get("polish_steps", 0))
+  spent = 2 * (step + 1) * inner_steps + extra_steps + polished
   params, dists, summarised = as_params(space, hparams)
   attrs = {
       "chain": study.seed, "step": step, "method": study.method,
@@ -167,6 +171,7 @@ def record_gradient_trial(study, problem, step: int, rec: dict, *,
       "hypergrad_finite": rec["finite"],
       "fixed_point_residual": rec.get("fixed_point_residual", 0.0),
       "damping": rec.get("damping", 0.0),
+      "polish_steps": polished,
   }
   if summarised:
     attrs["summarised"] = summarised

@@ -227,5 +227,6 @@ class SingleLoopEngine:
         converged=hyper.converged, finite=hyper.num_refused == refused,
         fixed_point_residual=hyper.fixed_point_residual,
         damping=jnp.asarray(self.options.get("damping", 0.0),
-                            hyper.residual.dtype))
+                            hyper.residual.dtype),
+        polish_steps=jnp.asarray(0, jnp.int32))
     return state._replace(step=state.step + 1), record
