@@ -110,6 +110,18 @@ def test_blackbox_trials_are_full_trainings_with_flat_params(method):
       _ridge().validate({"ridge": best}, num_steps=50), rel=1e-6)
 
 
+def test_polishing_steps_count_as_training():
+  options = dict(FAST, inner_steps=10)  # too few: the weights need polish
+  study = hippojax.create_study("hoag", storage=":memory:", **options)
+  study.optimize("ridge-diabetes", n_steps=2)
+  study.optimize("ridge-diabetes", n_steps=4)  # continued: the sum carries on
+  trials = sorted(study.trials, key=lambda t: t.user_attrs["step"])
+  polished = [t.user_attrs["polish_steps"] for t in trials]
+  assert all(0 <= k <= 5 for k in polished) and sum(polished) > 0
+  assert [t.user_attrs["inner_steps"] for t in trials] == [
+      2 * (s + 1) * 10 + sum(polished[:s + 1]) for s in range(4)]
+
+
 def test_scalar_hyperparameters_are_optuna_params():
   study = hippojax.create_study("hoag", storage=":memory:", **FAST)
   study.optimize("ridge-diabetes-scalar", n_steps=3)
