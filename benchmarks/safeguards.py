@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import _common
+import _problems
 import hippojax
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -81,25 +82,37 @@ def val_loss(w, theta, batch):
   return _ce(w, batch)
 
 
-def _calls(lib, step, args):
-  hoag = lambda: lib.hoag(*args, tol=1e-30, maxiter=ITERS)
-  ift = lambda: lib.ift(*args, num_iters=ITERS)
+_OPTIONS = {"hoag": {"tol": 1e-30, "maxiter": ITERS},
+            "ift": {"num_iters": ITERS}, "t1t2": {}}
+
+
+def _calls(lib, args, methods=("hoag", "ift", "t1t2")):
+  """``"<method> call"`` and ``"<method> in jit"`` timers."""
 
   @functools.partial(jax.jit, static_argnums=0)
-  def in_jit(which, theta, w, train, val):
-    fn = lib.hoag if which == "hoag" else lib.ift
-    kw = {"tol": 1e-30, "maxiter": ITERS} if which == "hoag" else {
-        "num_iters": ITERS}
-    hg = fn(step, val_loss, theta, w, train, val, **kw)
+  def in_jit(which, *a):
+    hg = getattr(lib, which)(*args[:2], *a, **_OPTIONS[which])
     return hg.grad, hg.value
 
   block = lambda f: lambda: jax.block_until_ready(f())
-  return {
-      "hoag call": block(lambda: hoag()),
-      "ift call": block(lambda: ift()),
-      "hoag in jit": block(lambda: in_jit("hoag", *args[2:])),
-      "ift in jit": block(lambda: in_jit("ift", *args[2:])),
-  }
+  calls = {}
+  for m in methods:
+    calls[f"{m} call"] = block(
+        lambda m=m: getattr(lib, m)(*args, **_OPTIONS[m]))
+  for m in methods:
+    calls[f"{m} in jit"] = block(lambda m=m: in_jit(m, *args[2:]))
+  return calls
+
+
+def _compare(new_calls, old_calls, repeats, **row):
+  """New / old per call, interleaved."""
+  rows = []
+  for name in new_calls:
+    timings = _common.interleaved(
+        {"new": new_calls[name], "old": old_calls[name]}, repeats)
+    rows.append({**row, "call": name,
+                 **_common.ratio(timings, "new", "old")})
+  return rows
 
 
 def main():
@@ -121,33 +134,49 @@ def main():
     lr = 0.5
     new_step = hippojax.gradient_step(train_loss, lr)
     old_step = old.gradient_step(train_loss, lr)
-    new_calls = _calls(hippojax, new_step,
-                       (new_step, val_loss, theta, w, train, val))
-    old_calls = _calls(old, old_step,
-                       (old_step, val_loss, theta, w, train, val))
     hg_new = hippojax.hoag(new_step, val_loss, theta, w, train, val,
-                           tol=1e-30, maxiter=ITERS)
-    hg_old = old.hoag(old_step, val_loss, theta, w, train, val, tol=1e-30,
-                      maxiter=ITERS)
+                           **_OPTIONS["hoag"])
+    hg_old = old.hoag(old_step, val_loss, theta, w, train, val,
+                      **_OPTIONS["hoag"])
     agree = float(jnp.linalg.norm(hg_new.grad - hg_old.grad) /
                   jnp.linalg.norm(hg_old.grad))
     # CG now stops at machine precision (the old one iterated on rounding
-    # noise up to maxiter): compare hoag per product, counting the
+    # noise up to maxiter): compare hoag per product too, counting the
     # validation gradient, the residual and the mixed product as 3 more.
     iters = {"new": int(hg_new.info.num_iters),
              "old": int(hg_old.info.num_iters)}
-    for name in new_calls:
-      calls = {"new": new_calls[name], "old": old_calls[name]}
-      timings = _common.interleaved(calls, repeats)
-      r = _common.ratio(timings, "new", "old")
-      hoag = name.startswith("hoag")
+    for r in _compare(
+        _calls(hippojax, (new_step, val_loss, theta, w, train, val)),
+        _calls(old, (old_step, val_loss, theta, w, train, val)), repeats,
+        problem="logreg", size=size, weights=d * k):
+      hoag = r["call"].startswith("hoag")
       work = ((iters["old"] + 3) / (iters["new"] + 3)) if hoag else 1.0
-      rows.append({"size": size, "weights": d * k, "call": name, **r,
-                   "agreement": agree if hoag else None,
-                   "iterations": iters if hoag else {"new": ITERS,
-                                                     "old": ITERS},
+      its = ITERS if r["call"].startswith("ift") else 1
+      rows.append({**r, "agreement": agree if hoag else None,
+                   "iterations": iters if hoag else {"new": its, "old": its},
                    "per_product_ratio": r["ratio"] * work,
                    "per_product_cpu_ratio": r["cpu_ratio"] * work})
+      print(rows[-1], flush=True)
+  # The overhead benchmark's tanh MLP. Its Hessian is indefinite, where the
+  # new CG stops at the first negative curvature and the old one went on:
+  # hoag solves different systems there, so only t1t2 and ift are compared.
+  mlp_sizes = {"10k": _problems.SIZES["10k"]} if args.quick else (
+      _problems.SIZES)
+  for size, hidden in mlp_sizes.items():
+    params, hparams, train, val = _problems.mlp_problem(hidden, n=512)
+    steps = [lib.gradient_step(_problems.train_loss,
+                               learning_rate=_problems.LEARNING_RATE)
+             for lib in (hippojax, old)]
+    calls = [_calls(lib, (st, _problems.val_loss, hparams, params, train,
+                          val), methods=("ift", "t1t2"))
+             for lib, st in zip((hippojax, old), steps)]
+    for r in _compare(*calls, repeats, problem="tanh MLP", size=size,
+                      weights=_common.count_params(params)):
+      its = ITERS if r["call"].startswith("ift") else 1
+      rows.append({**r, "agreement": None,
+                   "iterations": {"new": its, "old": its},
+                   "per_product_ratio": r["ratio"],
+                   "per_product_cpu_ratio": r["cpu_ratio"]})
       print(rows[-1], flush=True)
   data = {**_common.run_info(load_before), "baseline": args.baseline,
           "quick": args.quick, "rows": rows}
@@ -159,8 +188,10 @@ def render(data) -> str:
   lines = _common.header("Cost of the safeguards, against "
                          f"`{data['baseline']}`", info=data)
   lines.append(
-      "Multinomial logistic regression, one weight decay per weight, float32, "
-      f"{ITERS} products; new / old per call, median of interleaved rounds "
+      "Multinomial logistic regression (`logreg`), one weight decay per "
+      "weight, and the overhead benchmark's tanh MLP (`tanh MLP`, t1t2 and "
+      f"ift), float32, {ITERS} products; new / old per call, median of "
+      "interleaved rounds "
       "(q1–q3 beside it). `agreement` is ‖g_new − g_old‖/‖g_old‖ for hoag "
       "(the Hessian form against the old fixed-point form: equal in exact "
       "arithmetic; the old CG kept iterating on rounding noise to maxiter "
@@ -173,7 +204,8 @@ def render(data) -> str:
   lines.append("")
   table = []
   for r in data["rows"]:
-    table.append([r["size"], r["weights"], r["call"], f"{r['ms']:.2f}",
+    table.append([r.get("problem", "logreg"), r["size"], r["weights"],
+                  r["call"], f"{r['ms']:.2f}",
                   f"{r['baseline_ms']:.2f}", f"{r['ratio']:.3f}",
                   f"{r['ratio_q1']:.3f}–{r['ratio_q3']:.3f}",
                   f"{r['cpu_ratio']:.3f}",
@@ -181,7 +213,8 @@ def render(data) -> str:
                   f"{r['per_product_ratio']:.3f}",
                   f"{r['per_product_cpu_ratio']:.3f}",
                   "" if r["agreement"] is None else f"{r['agreement']:.1e}"])
-  lines.append(_common.table(["size", "weights", "call", "new ms", "old ms",
+  lines.append(_common.table(["problem", "size", "weights", "call",
+                              "new ms", "old ms",
                               "ratio", "q1–q3", "CPU ratio",
                               "iterations new / old", "per product",
                               "per product (CPU)", "agreement"], table))
