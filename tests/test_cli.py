@@ -270,8 +270,12 @@ def test_compare_and_report_write_the_report(capsys, tmp_path, monkeypatch):
     c = m["chains"]["0"]
     assert m["n_trials"] >= 1 and m["wall_seconds"] > 0
     per_trial = 100 if m["method"] == "hoag" else 50
-    assert c["series"]["inner_steps"] == [
-        per_trial * (i + 1) for i in range(m["n_trials"])]
+    # hoag also spends at most 25 polishing half steps per outer step.
+    polish = 25 if m["method"] == "hoag" else 0
+    spent = c["series"]["inner_steps"]
+    assert len(spent) == m["n_trials"] and spent == sorted(spent)
+    assert all(per_trial * (i + 1) <= s <= (per_trial + polish) * (i + 1)
+               for i, s in enumerate(spent))
     assert len(c["series"]["value"]) == m["n_trials"]
     assert m["best_value"] == min(c["series"]["value"])
     assert 0 < m["test_metric"] < 10

@@ -56,8 +56,10 @@ def test_hoag_records_one_complete_trial_per_outer_step():
   assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
   attrs = trials[-1].user_attrs
   assert attrs["chain"] == 0 and attrs["step"] == 5
-  # Each outer step trains 50 warm-started steps, then retrains from scratch.
-  assert attrs["inner_steps"] == 2 * 6 * 50
+  # Each outer step trains 50 warm-started steps (and polishes the weights
+  # into a fixed point), then retrains from scratch.
+  assert attrs["inner_steps"] == 2 * 6 * 50 + sum(
+      t.user_attrs["polish_steps"] for t in trials)
   assert attrs["method"] == "hoag"
   assert attrs["solver_iters"] >= 1 and attrs["hypergrad_norm"] > 0
   assert attrs["solver_converged"] in (True, False)
