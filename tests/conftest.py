@@ -125,6 +125,24 @@ def newton_solve(loss, w0, theta, batch, iters=30):
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
+def dense_fixed_point_grad(step, val_loss, theta, state, train, val):
+  """Dense ``(I − Jᵀ)⁻¹`` hypergradient of any step on its flattened state.
+
+  Returns ``(grad, I − Jᵀ, ∇_state L_val)``.
+  """
+  flat, unravel = jax.flatten_util.ravel_pytree(state)
+  phi = lambda s, th: jax.flatten_util.ravel_pytree(
+      step(unravel(s), th, train))[0]
+  jac = jax.jacobian(phi, argnums=0)(flat, theta)
+  b_mat = jax.jacobian(phi, argnums=1)(flat, theta)
+  g_s, g_th = jax.grad(lambda s, th: val_loss(unravel(s), th, val),
+                       argnums=(0, 1))(flat, theta)
+  system = jnp.eye(flat.size) - jac.T
+  q = jnp.linalg.solve(system, g_s)
+  return g_th + b_mat.T @ q, system, g_s
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
 def dense_implicit_grad(train_loss, val_loss, w, theta, train_batch,
                         val_batch):
   """∇_λ L_val − (∂²_{wλ} L_train)ᵀ H⁻¹ ∇_w L_val with dense matrices."""

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import hippojax
+from conftest import dense_fixed_point_grad
 
 TIGHT = 1e-13
 # Implicit methods, evaluated at the exact inner solution with tight options.
@@ -223,21 +224,6 @@ def test_learning_rate_hypergrad_is_zero_at_fixed_point(ridge, helpers,
   assert abs(float(away.grad["log_lr"])) > 1e-4 * scale
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _dense_heavy_ball(step, val_loss, theta, state, train, val):
-  """Dense (I − Jᵀ)⁻¹ solve for a heavy-ball step on the flattened state."""
-  flat, unravel = jax.flatten_util.ravel_pytree(state)
-  phi = lambda s, th: jax.flatten_util.ravel_pytree(
-      step(unravel(s), th, train))[0]
-  jac = jax.jacobian(phi, argnums=0)(flat, theta)
-  b_mat = jax.jacobian(phi, argnums=1)(flat, theta)
-  g_s, g_th = jax.grad(lambda s, th: val_loss(unravel(s), th, val),
-                       argnums=(0, 1))(flat, theta)
-  system = jnp.eye(flat.size) - jac.T
-  q = jnp.linalg.solve(system, g_s)
-  return g_th + b_mat.T @ q, system, g_s
-
-
 def _hb_val(state, theta, batch):
   return _lr_val(state.params, theta, batch)
 
@@ -251,7 +237,7 @@ def test_heavy_ball_implicit_matches_dense_solve(ridge, helpers, solver):
   """Non-symmetric J (momentum): dense (I − Jᵀ)⁻¹ and the ridge closed form."""
   step = hippojax.heavy_ball_step(_hb_loss, ridge.lr, 0.7)
   state = step.init(ridge.params)
-  exact, system, rhs = _dense_heavy_ball(
+  exact, system, rhs = dense_fixed_point_grad(
       step, _hb_val, ridge.theta, state, ridge.train, ridge.val)
   # J really is non-symmetric here, so a symmetric shortcut would be wrong.
   assert float(jnp.max(jnp.abs(system - system.T))) > 0.1

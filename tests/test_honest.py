@@ -15,6 +15,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 import hippojax
+from conftest import dense_fixed_point_grad
 from conftest import dense_implicit_grad
 from conftest import logistic_loss
 from conftest import logistic_val
@@ -116,25 +117,13 @@ def test_non_normal_preconditioner_exact_or_not_converged(logistic):
   assert not bool(results["cg_symmetric_claim"].info.converged)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _dense_fixed_point(step, val_loss, theta, state, train, val):
-  flat, unravel = jax.flatten_util.ravel_pytree(state)
-  phi = lambda s, th: jax.flatten_util.ravel_pytree(
-      step(unravel(s), th, train))[0]
-  jac = jax.jacobian(phi, argnums=0)(flat, theta)
-  b_mat = jax.jacobian(phi, argnums=1)(flat, theta)
-  g_s, g_th = jax.grad(lambda s, th: val_loss(unravel(s), th, val),
-                       argnums=(0, 1))(flat, theta)
-  q = jnp.linalg.solve(jnp.eye(flat.size) - jac.T, g_s)
-  return g_th + b_mat.T @ q
-
-
 def test_heavy_ball_exact_or_not_converged(logistic):
   p = logistic
   step = hippojax.heavy_ball_step(logistic_loss, 0.5, 0.9)
   val = lambda s, th, b: logistic_val(s.params, th, b)
   state = step.init(p.params)
-  exact = _dense_fixed_point(step, val, p.theta, state, p.train, p.val)
+  exact, _, _ = dense_fixed_point_grad(step, val, p.theta, state, p.train,
+                                       p.val)
   args = (step, val, p.theta, state, p.train, p.val)
   gm = hippojax.implicit_hypergrad(*args, solver=hippojax.GMRES(tol=1e-12))
   assert bool(gm.info.converged) and _rel(gm.grad, exact) <= 1e-9

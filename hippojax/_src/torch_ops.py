@@ -217,28 +217,22 @@ def _log_softmax(x, dim, half_to_float=False):
 # ----------------------------------------------------------------------------
 
 
-@_op("sum")
-def _sum(x, dim=None, keepdim=False, dtype=None):
-  if isinstance(dim, torch.dtype):  # sum.default(self, *, dtype)
-    dim, dtype = None, dim
-  return jnp.sum(x, axis=_dims(dim, x.ndim), keepdims=keepdim,
-                 dtype=jax_dtype(dtype))
+def _dtype_reduction(fn):
+  """``aten.<fn>(x, dim, keepdim, *, dtype)``; ``<fn>.default(x, *, dtype)``
+  passes the dtype where ``dim`` stands."""
+
+  def reduce(x, dim=None, keepdim=False, dtype=None):
+    if isinstance(dim, torch.dtype):
+      dim, dtype = None, dim
+    return fn(x, axis=_dims(dim, x.ndim), keepdims=keepdim,
+              dtype=jax_dtype(dtype))
+
+  return reduce
 
 
-@_op("mean")
-def _mean(x, dim=None, keepdim=False, dtype=None):
-  if isinstance(dim, torch.dtype):
-    dim, dtype = None, dim
-  return jnp.mean(x, axis=_dims(dim, x.ndim), keepdims=keepdim,
-                  dtype=jax_dtype(dtype))
-
-
-@_op("prod")
-def _prod(x, dim=None, keepdim=False, dtype=None):
-  if isinstance(dim, torch.dtype):
-    dim, dtype = None, dim
-  return jnp.prod(x, axis=_dims(dim, x.ndim), keepdims=keepdim,
-                  dtype=jax_dtype(dtype))
+_op("sum")(_dtype_reduction(jnp.sum))
+_op("mean")(_dtype_reduction(jnp.mean))
+_op("prod")(_dtype_reduction(jnp.prod))
 
 
 @_op("amax")
