@@ -128,6 +128,8 @@ def test_quick_mode(script, tmp_path):
     for method in ("hoag", "soba", "saba", "tpe"):
       assert entry["methods"][method]["rounds"] >= 1
       assert entry["methods"][method]["final_val_loss"] > 0
+      assert "seconds_to_hoag_best" in entry["methods"][method]
+    assert entry["hoag_seconds_to_best"] is not None
   # make_results.py turns the section into RESULTS.md with a linked plot.
   output = tmp_path / "RESULTS.md"
   res = subprocess.run(

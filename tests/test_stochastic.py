@@ -297,6 +297,64 @@ def test_single_loop_study_records_rounds_and_cli_accepts_methods(tmp_path):
       "linear_steps": 2, "warm_steps": 2}
 
 
+def test_chain_rounds_report_the_mean_iterate_under_the_decayed_step():
+  """One round of 6 iterations reports the mean of its 6 iterates of ``u``
+  and continues from the last; its step decays as 1/sqrt(1 + t/tau). Six
+  one-iteration rounds with the same tau (in iterations) walk the same
+  path, so they give the iterates to average by hand."""
+  from hippojax._src.stochastic import engine as engine_lib
+  p = hippojax.problems.get("logreg-ijcnn1-like")
+  common = {"outer_lr": 0.05, "linear_rate": 1.0, "damping": 0.0}
+  long = engine_lib.SingleLoopEngine(
+      p, "soba", {**common, "inner_steps": 6, "decay_rounds": 0.5,
+                  "average": True})
+  short = engine_lib.SingleLoopEngine(
+      p, "soba", {**common, "inner_steps": 1, "decay_rounds": 3.0,
+                  "average": False})
+  state_long, rec = long.step(long.init(0))
+  state, us = short.init(0), []
+  for _ in range(6):
+    state, rec_short = short.step(state)
+    us.append(state.u)
+    # Without averaging a round reports its last iterate.
+    np.testing.assert_allclose(
+        np.asarray(jax.tree.leaves(rec_short.hparams)[0]),
+        np.asarray(jax.tree.leaves(p.space.constrain(state.u))[0]))
+  for a, b in zip(jax.tree.leaves(state_long.u), jax.tree.leaves(state.u)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10)
+  mean_u = jax.tree.map(lambda *x: sum(x) / len(x), *us)
+  expected = p.space.constrain(mean_u)
+  for a, b in zip(jax.tree.leaves(rec.hparams), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10)
+  # The mean is not the last iterate (λ moved during the round).
+  last = p.space.constrain(state.u)
+  assert not np.allclose(np.asarray(jax.tree.leaves(rec.hparams)[0]),
+                         np.asarray(jax.tree.leaves(last)[0]), rtol=1e-8)
+  # The decayed step itself: eta / sqrt(1 + t / tau).
+  sched = engine_lib.outer_schedule(0.1, 10.0)
+  assert float(sched(30)) == pytest.approx(0.05)
+  assert engine_lib.outer_schedule(0.1, 0.0) == 0.1
+
+
+def test_single_loop_options_are_checked_and_reach_the_cli():
+  with pytest.raises(ValueError, match="decay_rounds must be a number >= 0"):
+    hippojax.create_study("soba", decay_rounds=-1)
+  with pytest.raises(TypeError, match="average must be a bool"):
+    hippojax.create_study("saba", average="yes")
+  with pytest.raises(ValueError, match="unknown option 'decay_rounds'"):
+    hippojax.create_study("hoag", decay_rounds=2)
+  from hippojax._src import cli
+  args = cli.build_parser().parse_args(
+      ["run", "--problem", "logreg-ijcnn1-like", "--method", "soba",
+       "--decay-rounds", "0", "--last-iterate"])
+  assert cli._method_options(args, "soba") == {  # pylint: disable=W0212
+      "decay_rounds": 0.0, "average": False}
+  args = cli.build_parser().parse_args(
+      ["run", "--problem", "logreg-ijcnn1-like", "--method", "hoag",
+       "--last-iterate"])
+  assert cli._method_options(args, "hoag") == {}  # pylint: disable=W0212
+
+
 def test_maid_reaches_the_optimal_hyperparameters():
   prob = _problem()
   res = hippojax.maid(prob.train_step, prob.val_loss, jnp.zeros(3),

@@ -24,7 +24,7 @@ _OPTION_FLAGS = {
     "inner_steps": int, "outer_lr": float, "num_iters": int, "tol": float,
     "maxiter": int, "unroll_steps": int, "n_startup_trials": int,
     "linear_rate": float, "warm_steps": int, "linear_steps": int,
-    "damping": float,
+    "damping": float, "decay_rounds": float,
     "pruner": str,
 }
 
@@ -196,6 +196,8 @@ def _method_options(args, method: str) -> dict:
     given["remat"] = True
   if getattr(args, "multivariate", False):
     given["multivariate"] = True
+  if getattr(args, "average", None) is False:
+    given["average"] = False
   return {k: v for k, v in given.items() if k in METHOD_OPTIONS[method]}
 
 
@@ -487,6 +489,14 @@ def _add_method_options(p, *, pruner_help: str) -> None:
                       "relative to the natural one (1)")
   g.add_argument("--damping", type=float,
                  help="soba, saba, amigo: damping of the linear system (0)")
+  g.add_argument("--decay-rounds", dest="decay_rounds", type=float,
+                 help="soba, saba, amigo: the outer step decays as "
+                      "1/sqrt(1 + t/tau), tau this many rounds (4; 0: "
+                      "constant)")
+  g.add_argument("--last-iterate", dest="average", action="store_false",
+                 default=None,
+                 help="soba, saba, amigo: record each round's last "
+                      "hyperparameters instead of the round's mean")
   g.add_argument("--warm-steps", dest="warm_steps", type=int,
                  help="amigo: weight steps per hypergradient (5)")
   g.add_argument("--linear-steps", dest="linear_steps", type=int,

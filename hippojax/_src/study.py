@@ -40,18 +40,19 @@ METHODS = GRADIENT_METHODS + BLACKBOX_METHODS
 # Options of each method: name -> default (``None``: the problem's default).
 _COMMON = {"inner_steps": None}
 _GRADIENT = {**_COMMON, "outer_lr": None}
+# Single-loop chains: Adam on u with a 1/sqrt decay over ``decay_rounds``
+# rounds, reporting each round's mean iterate (see stochastic/engine.py).
+_SINGLE_LOOP = {**_COMMON, "outer_lr": 0.05, "decay_rounds": 4.0,
+                "average": True, "linear_rate": 1.0, "damping": 0.0}
 METHOD_OPTIONS = {
     "t1t2": dict(_GRADIENT),
     "ift": {**_GRADIENT, "num_iters": 10},
     "hoag": {**_GRADIENT, "tol": 1e-4, "maxiter": 100},
     "drmad": {**_GRADIENT, "unroll_steps": 100},
     "reverse": {**_GRADIENT, "unroll_steps": 100, "remat": False},
-    "soba": {**_COMMON, "outer_lr": 0.05, "linear_rate": 1.0,
-             "damping": 0.0},
-    "saba": {**_COMMON, "outer_lr": 0.05, "linear_rate": 1.0,
-             "damping": 0.0},
-    "amigo": {**_COMMON, "outer_lr": 0.05, "linear_rate": 1.0,
-              "damping": 0.0, "warm_steps": 5, "linear_steps": 5},
+    "soba": {**_SINGLE_LOOP},
+    "saba": {**_SINGLE_LOOP},
+    "amigo": {**_SINGLE_LOOP, "warm_steps": 5, "linear_steps": 5},
     "random": {**_COMMON, "pruner": "none"},
     "tpe": {**_COMMON, "n_startup_trials": 10, "multivariate": False,
             "pruner": "none"},
@@ -71,10 +72,10 @@ def _check_option(method: str, name: str, value: Any) -> Any:
       raise ValueError(f"{method} option {name} must be >= {ints[name]}, got "
                        f"{value!r}.")
     return int(value)
-  if name == "damping":
+  if name in ("damping", "decay_rounds"):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (
         not 0 <= value < math.inf):
-      raise ValueError(f"{method} option damping must be a number >= 0, got "
+      raise ValueError(f"{method} option {name} must be a number >= 0, got "
                        f"{value!r}.")
     return float(value)
   if name in ("outer_lr", "tol", "linear_rate"):
@@ -89,7 +90,7 @@ def _check_option(method: str, name: str, value: Any) -> Any:
       raise ValueError(f"{method} option pruner must be one of "
                        f"{', '.join(pruning.PRUNERS)}, got {value!r}.")
     return value
-  if name in ("remat", "multivariate"):
+  if name in ("remat", "multivariate", "average"):
     if isinstance(value, bool):
       return value
     if name == "remat" and isinstance(value, int) and value >= 1:
@@ -181,7 +182,11 @@ def create_study(method: str = "hoag", *, storage: Any = None,
       stops a trial whose intermediate validation losses are poor (see
       :mod:`hippojax._src.pruning`).
       ``soba``, ``saba``, ``amigo``: ``outer_lr`` (0.05, Adam per
-      minibatch), ``linear_rate`` (1.0), ``damping`` (0.0); ``amigo``:
+      minibatch), ``decay_rounds`` (4: the step decays as
+      ``1/sqrt(1 + t/tau)``, ``tau`` that many rounds; 0 keeps it
+      constant), ``average`` (True: each trial's hyperparameters are the
+      round's mean iterate), ``linear_rate`` (1.0), ``damping`` (0.0);
+      ``amigo``:
       ``warm_steps`` (5), ``linear_steps`` (5).
 
   Returns:
