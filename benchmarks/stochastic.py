@@ -7,6 +7,8 @@ default hyperparameters for a wall-clock budget:
 * ``soba``, ``saba``, ``amigo``: compiled single-loop chains
   (``hippojax._src.stochastic.engine``), one round = ``inner_steps / 4``
   weight steps on minibatches of the problem's ``batch_size``;
+* ``maid``: the study layer's MAID chain (full batch; one round = one MAID
+  step, its train-to-ε solves and line search);
 * ``hoag``: the study layer's full-batch outer step (``inner_steps``
   warm-started full-batch gradient steps, then warm-started CG);
 * ``random``, ``tpe``: Optuna trials, each one plain training run
@@ -38,13 +40,16 @@ from hippojax import problems
 from hippojax._src import outer
 from hippojax._src import study as study_lib
 from hippojax._src.stochastic import engine as engine_lib
+from hippojax._src.stochastic import maid_chain
 
 PROBLEMS = ["logreg-ijcnn1-like", "hyper-cleaning-mnist1d", "mlp-mnist1d-10k"]
 SINGLE_LOOP = ["soba", "saba", "amigo"]
+NEW_METHODS = SINGLE_LOOP + ["maid"]  # compared with hoag's times
 QUICK = {"problems": ["logreg-ijcnn1-like"],
          "methods": ["hoag", "soba", "saba", "tpe"], "budget": 8.0}
 FULL = {"problems": PROBLEMS,
-        "methods": ["hoag", "soba", "saba", "amigo", "random", "tpe"],
+        "methods": ["hoag", "soba", "saba", "amigo", "maid", "random",
+                    "tpe"],
         "budget": 45.0}
 # Adam's step on the unconstrained hyperparameters of the single-loop chains
 # (they take one step per minibatch, so a smaller one than hoag's per outer
@@ -111,6 +116,21 @@ def run_single_loop(problem, method, budget):
     return state, rec.hparams, int(state.weight_steps)
 
   return _run_chain(problem, method, budget, step, lambda: eng.init(0))
+
+
+def run_maid(problem, budget):
+  opts = {k: v for k, v in study_lib.METHOD_OPTIONS["maid"].items()
+          if k != "inner_steps"}
+  eng = maid_chain.MaidEngine(problem, {**opts,
+                                        "inner_steps": problem.inner_steps})
+  trained = [0]
+
+  def step(state):
+    state, rec = eng.step(state)
+    trained[0] += int(rec.train_steps)
+    return state, rec.hparams, trained[0]
+
+  return _run_chain(problem, "maid", budget, step, lambda: eng.init(0))
 
 
 def run_hoag(problem, budget):
@@ -213,6 +233,8 @@ def main():
         histories[method] = run_hoag(problem, cfg["budget"])
       elif method in SINGLE_LOOP:
         histories[method] = run_single_loop(problem, method, cfg["budget"])
+      elif method == "maid":
+        histories[method] = run_maid(problem, cfg["budget"])
       else:
         histories[method] = run_blackbox(problem, method, cfg["budget"])
     entry = {"num_hparams": problem.num_hparams,
@@ -233,8 +255,9 @@ def main():
         summarise_problem(entry)
       old["problems"][pname] = entry
     old["command"] += f"; {results['command']}"
-    old["rerun"] = {"methods": cfg["methods"], "problems": cfg["problems"],
-                    "load": [results["load_before"], _common.load()]}
+    old.setdefault("reruns", []).append(
+        {"methods": cfg["methods"], "problems": cfg["problems"],
+         "load": [results["load_before"], _common.load()]})
     old["single_loop_options"] = SINGLE_LOOP_OPTIONS
     results = old
   results["single_loop_options"] = SINGLE_LOOP_OPTIONS
@@ -271,7 +294,7 @@ def summarise_problem(entry: dict) -> dict:
   hoag_t = (entry["methods"].get("hoag") or {}).get("seconds_to_target")
   hoag_c = (entry["methods"].get("hoag") or {}).get(
       "seconds_to_target_after_compile")
-  for method in SINGLE_LOOP:
+  for method in NEW_METHODS:
     m = entry["methods"].get(method)
     if m is not None:
       m["fraction_of_hoag_time"] = (
@@ -291,15 +314,14 @@ def render(args) -> None:
   _common.write(name, results, markdown(results), args.out)
 
 
-def _rerun_note(rerun: dict | None) -> str:
-  if not rerun:
-    return ""
+def _rerun_note(rerun: dict) -> str:
+  """One sentence on a later command that reran some methods."""
   load = rerun.get("load")
-  return (f" The last command reran {', '.join(rerun['methods'])} on "
+  return (f" A later command reran {', '.join(rerun['methods'])} on "
           f"{', '.join(rerun['problems'])}"
           + (f" (load average {load[0]} at its start, {load[1]} at its end)"
              if load else "")
-          + "; the other methods' histories are the first command's.")
+          + "; the other methods' histories are kept.")
 
 
 def markdown(results: dict) -> str:
@@ -323,7 +345,7 @@ def markdown(results: dict) -> str:
       "by the time hoag took to reach it. Single-loop options: "
       f"{results.get('single_loop_defaults', {})}, per problem "
       f"{results.get('single_loop_options', {})}."
-      + _rerun_note(results.get("rerun")), ""]
+      + "".join(_rerun_note(r) for r in results.get("reruns", [])), ""]
   for name, e in results["problems"].items():
     lines += [f"### {name}", "",
               f"{e['num_hparams']} hyperparameters, {e['num_train']} training "
@@ -352,7 +374,7 @@ def markdown(results: dict) -> str:
           f"{ta:.2f}" if ta is not None else "-",
           f"{fa:.2f}" if fa is not None else "-",
           f"{tb:.2f}" if tb is not None else "not reached",
-          f"{fb:.2f}" if fb is not None and m in SINGLE_LOOP else "-",
+          f"{fb:.2f}" if fb is not None and m in NEW_METHODS else "-",
           f"{r['final_val_loss']:.4f}", f"{r['final_test_metric']:.4f}",
           f"{r['seconds_total']:.1f}",
           f"{r['cost_total_x_training']:.0f}"])

@@ -36,7 +36,11 @@ from hippojax._src.chain import ChainFailedError
 from hippojax._src.storage import ChainBusyError
 from hippojax._src.storage import StorageError
 from hippojax._src.stochastic.maid import maid
+from hippojax._src.stochastic.maid import maid_init
+from hippojax._src.stochastic.maid import maid_step
 from hippojax._src.stochastic.maid import MaidResult
+from hippojax._src.stochastic.maid import MaidState
+from hippojax._src.stochastic.maid import MaidStepInfo
 from hippojax._src.stochastic.minibatch import minibatch_hypergrad
 from hippojax._src.stochastic.minibatch import MinibatchHyperGrad
 from hippojax._src.stochastic.saba import memory_bytes as saba_memory_bytes
@@ -68,6 +72,8 @@ __all__ = (
     "HypergradientDescentState",
     "HypergradientState",
     "MaidResult",
+    "MaidState",
+    "MaidStepInfo",
     "MinibatchHyperGrad",
     "Neumann",
     "OptaxState",
@@ -91,6 +97,8 @@ __all__ = (
     "implicit_hypergrad",
     "load_study",
     "maid",
+    "maid_init",
+    "maid_step",
     "minibatch_hypergrad",
     "optax_step",
     "polish",

@@ -59,7 +59,7 @@ RUN = ["run", "--problem", "ridge-diabetes", "--method", "hoag"]
       "1"], "invalid choice: 'sgd' (choose from 't1t2', 'ift', 'hoag'"),
     (["compare", "--methods", "hoag,bayes", "--budget", "1"],
      "unknown method(s) bayes; choose from t1t2, ift, hoag, drmad, reverse, "
-     "soba, saba, amigo, random, tpe"),
+     "soba, saba, amigo, maid, random, tpe"),
     (["compare", "--problem", "mnist", "--budget", "1"],
      "invalid choice: 'mnist'"),
     (["run", "--problem", "ridge-diabetes", "--method", "ift", "--steps",

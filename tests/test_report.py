@@ -174,3 +174,12 @@ def test_report_of_three_worker_processes_counts_every_trial(tmp_path):
   assert m["best_chain"] == loaded.best_trial.user_attrs["chain"]
   text = (tmp_path / "rep" / "report.md").read_text()
   assert "ran 3 chains; best per chain seed 0:" in text
+
+
+def test_every_method_has_its_own_colour():
+  from hippojax._src import plots
+  from hippojax._src.study import METHODS
+  colours = {plots.colour(m) for m in METHODS}
+  assert len(colours) == len(METHODS)
+  # A pruned variant shares its method's hue but not its colour.
+  assert plots.colour("tpe+median") != plots.colour("tpe")

@@ -355,6 +355,57 @@ def test_single_loop_options_are_checked_and_reach_the_cli():
   assert cli._method_options(args, "hoag") == {}  # pylint: disable=W0212
 
 
+def test_maid_study_counts_the_steps_it_really_trained_across_a_resume(
+    tmp_path):
+  """A MAID chain's trials charge each step's train-to-ε solves (variable)
+  plus one retrain from scratch of ``inner_steps``; a second optimize call
+  on the same storage continues the count."""
+  url = f"sqlite:///{tmp_path / 'maid.db'}"
+  study = hippojax.create_study("maid", storage=url, inner_steps=300)
+  study.optimize("logreg-ijcnn1-like", n_steps=2)
+  study = hippojax.load_study(url, study.study_name)
+  study.optimize("logreg-ijcnn1-like", n_steps=4)
+  trials = study.chain_trials()
+  assert [t.user_attrs["step"] for t in trials] == [0, 1, 2, 3]
+  trained = np.cumsum([t.user_attrs["train_steps"] for t in trials])
+  spent = [t.user_attrs["inner_steps"] for t in trials]
+  assert spent == [int(trained[k]) + 300 * (k + 1) for k in range(4)]
+  # The first solve trains from scratch to eps = 1e-3: it takes steps.
+  assert trials[0].user_attrs["train_steps"] > 0
+  # The line search moved λ and the retrained validation loss fell.
+  assert trials[-1].value < trials[0].value
+  assert all(t.user_attrs["hypergrad_finite"] for t in trials)
+  with pytest.raises(ValueError, match="maid option eps must be > 0"):
+    hippojax.create_study("maid", eps=0.0)
+  with pytest.raises(ValueError, match="unknown option 'outer_lr'"):
+    hippojax.create_study("maid", outer_lr=0.1)
+  from hippojax._src import cli
+  args = cli.build_parser().parse_args(
+      ["run", "--problem", "logreg-ijcnn1-like", "--method", "maid",
+       "--eps", "1e-4", "--max-backtracks", "3", "--maxiter", "20"])
+  assert cli._method_options(args, "maid") == {  # pylint: disable=W0212
+      "eps": 1e-4, "max_backtracks": 3, "maxiter": 20}
+
+
+def test_maid_step_is_one_compiled_step_of_the_loop():
+  """maid() is a loop of maid_step: the same steps, jitted by hand, give
+  the same hyperparameters."""
+  from hippojax._src.stochastic import maid as maid_lib
+  prob = _problem()
+  lam0, w0 = jnp.zeros(3), jnp.zeros(5)
+  res = hippojax.maid(prob.train_step, prob.val_loss, lam0, w0,
+                      prob.train_data, prob.val_data, num_steps=5)
+  state = maid_lib.maid_init(lam0, w0)
+  step = jax.jit(lambda s: maid_lib.maid_step(
+      prob.train_step, prob.val_loss, s, prob.train_data, prob.val_data))
+  for k in range(5):
+    state, info = step(state)
+    assert bool(info.accepted) == res.history[k]["accepted"]
+    assert int(info.inner_steps) == res.history[k]["inner_steps"]
+  np.testing.assert_allclose(np.asarray(state.hparams),
+                             np.asarray(res.hparams), rtol=1e-12)
+
+
 def test_maid_reaches_the_optimal_hyperparameters():
   prob = _problem()
   res = hippojax.maid(prob.train_step, prob.val_loss, jnp.zeros(3),

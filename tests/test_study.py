@@ -22,7 +22,7 @@ def _ridge():
 def test_unknown_method_and_options_are_refused():
   with pytest.raises(ValueError, match="unknown method 'bohb'; choose one of "
                      "t1t2, ift, hoag, drmad, reverse, soba, saba, amigo, "
-                     "random, tpe"):
+                     "maid, random, tpe"):
     hippojax.create_study("bohb", storage=":memory:")
   with pytest.raises(ValueError, match="unknown option 'tol' for method "
                      "'ift'; its options are inner_steps, num_iters, "

@@ -18,6 +18,7 @@ from hippojax._src import pruning
 from hippojax._src import storage as storage_lib
 from hippojax._src import trials as trials_lib
 from hippojax._src.stochastic import engine as single_loop
+from hippojax._src.stochastic import maid_chain
 
 
 def _study_lib():
@@ -127,6 +128,14 @@ def _progress(show: bool, total, initial: int, desc: str):
               dynamic_ncols=True)
 
 
+def _extra_steps(rec, per_step: int) -> int:
+  """Training steps a recorded step took beyond ``per_step`` (a record or a
+  trial's attributes; trials from before ``train_steps`` took ``per_step``)."""
+  train = rec.get("train_steps")
+  return (int(rec.get("polish_steps") or 0)
+          + (int(train) - per_step if train is not None else 0))
+
+
 def _host_record(rec) -> dict:
   rec = jax.device_get(rec)
   return {
@@ -140,6 +149,7 @@ def _host_record(rec) -> dict:
       "fixed_point_residual": float(rec.fixed_point_residual),
       "damping": float(rec.damping),
       "polish_steps": int(rec.polish_steps),
+      "train_steps": int(rec.train_steps),
   }
 
 
@@ -177,6 +187,7 @@ def run_gradient(study, problem, options, n_steps, timeout, checkpointer,
   """
   start = time.perf_counter()
   engine = (single_loop.get_engine if study.method in single_loop.SINGLE_LOOP
+            else maid_chain.get_engine if study.method == "maid"
             else outer.get_engine)(problem, study.method, options)
   uid = study.optuna_study.user_attrs.get(_study_lib()._ATTR + "uuid")
   meta_base = {"method": study.method, "options": options,
@@ -201,10 +212,11 @@ def run_gradient(study, problem, options, n_steps, timeout, checkpointer,
   best = min((t.value for t in recorded.values() if t.value is not None),
              default=math.inf)
   per_step = engine.inner_steps
-  # Polishing steps are training too: counted in the chain's inner_steps.
-  polished = sum(int(t.user_attrs.get("polish_steps") or 0)
-                 for k, t in recorded.items()
-                 if isinstance(k, int) and k < step)
+  # Training beyond inner_steps per step (polishing half steps; MAID's
+  # train-to-ε solves, more or fewer) counts in the chain's inner_steps.
+  extra = sum(_extra_steps(t.user_attrs, per_step)
+              for k, t in recorded.items()
+              if isinstance(k, int) and k < step)
   limit = study.max_failed_steps
   streak = 0
   while step - streak - 1 in recorded and _failed_trial(
@@ -240,13 +252,13 @@ def run_gradient(study, problem, options, n_steps, timeout, checkpointer,
           out = trials_lib.record_gradient_trial(
               study, problem, step, rec, started=started,
               wall=lambda: wall0 + time.perf_counter() - start,
-              inner_steps=per_step, extra_steps=polished)
+              inner_steps=per_step, extra_steps=extra)
         new_wall, value = out["wall_seconds"], out["value"]
         failed = _failed(rec) or not math.isfinite(out["value"])
         if math.isfinite(out["value"]):
           best = min(best, out["value"])
       # The trial is recorded: only now does the chain move on.
-      polished += rec["polish_steps"]
+      extra += _extra_steps(rec, per_step)
       state, wall, step = new_state, new_wall, step + 1
       study._live[study.seed] = (engine, state, wall)  # pylint: disable=protected-access
       streak = streak + 1 if failed else 0

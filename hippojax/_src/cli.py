@@ -24,7 +24,8 @@ _OPTION_FLAGS = {
     "inner_steps": int, "outer_lr": float, "num_iters": int, "tol": float,
     "maxiter": int, "unroll_steps": int, "n_startup_trials": int,
     "linear_rate": float, "warm_steps": int, "linear_steps": int,
-    "damping": float, "decay_rounds": float,
+    "damping": float, "decay_rounds": float, "step_size": float,
+    "eps": float, "delta": float, "max_backtracks": int,
     "pruner": str,
 }
 
@@ -473,7 +474,19 @@ def _add_method_options(p, *, pruner_help: str) -> None:
   g.add_argument("--tol", type=_positive_float,
                  help="hoag: CG tolerance (default 1e-4)")
   g.add_argument("--maxiter", type=_int_at_least(1),
-                 help="hoag: CG iterations (default 100)")
+                 help="hoag, maid: CG iterations (default 100)")
+  g.add_argument("--step-size", dest="step_size", type=_positive_float,
+                 help="maid: first line-search step on the unconstrained "
+                      "hyperparameters (1e3)")
+  g.add_argument("--eps", type=_positive_float,
+                 help="maid: first inner accuracy ||grad_w L_train|| <= eps "
+                      "(1e-3)")
+  g.add_argument("--delta", type=_positive_float,
+                 help="maid: first relative CG residual (1e-2)")
+  g.add_argument("--max-backtracks", dest="max_backtracks",
+                 type=_int_at_least(1),
+                 help="maid: rejected steps before the accuracies tighten "
+                      "(8)")
   g.add_argument("--unroll-steps", dest="unroll_steps", type=_int_at_least(1),
                  help="drmad, reverse: differentiated tail of the inner "
                       "budget (default 100)")

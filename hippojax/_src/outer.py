@@ -91,6 +91,9 @@ class StepRecord(NamedTuple):
     damping: the damping the step's linear solve used.
     polish_steps: the half steps :func:`hippojax.polish` took before the
       solve (training steps beyond ``inner_steps``; 0 for other methods).
+    train_steps: the warm-started training steps the step took besides
+      those: ``inner_steps`` for the fixed-budget methods; what MAID's
+      train-to-ε solves actually took.
   """
 
   val_loss: jax.Array
@@ -103,6 +106,7 @@ class StepRecord(NamedTuple):
   fixed_point_residual: jax.Array
   damping: jax.Array
   polish_steps: jax.Array
+  train_steps: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,7 +328,8 @@ class Engine:
         num_iters=hg.info.num_iters, residual=hg.info.residual,
         converged=hg.info.converged, finite=finite,
         fixed_point_residual=hg.info.fixed_point_residual,
-        damping=state.damping, polish_steps=polished)
+        damping=state.damping, polish_steps=polished,
+        train_steps=jnp.asarray(self.inner_steps, jnp.int32))
     return new_state, record
 
 

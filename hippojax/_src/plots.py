@@ -9,6 +9,8 @@ import numpy as np
 
 _GRADIENT = ("t1t2", "ift", "hoag", "drmad", "reverse")
 _BLACKBOX = ("random", "tpe")
+# Ten hues of tab20 (dark, and light for pruned variants), then tab20b's.
+_ORDER = _GRADIENT + _BLACKBOX + ("soba", "saba", "amigo", "maid")
 _CHAIN_STYLES = ("-", "--", ":", "-.")
 
 
@@ -28,9 +30,10 @@ def colour(key: str):
   import matplotlib
   base = key.split(" ")[0]
   method, _, pruner = base.partition("+")
-  order = list(_GRADIENT) + list(_BLACKBOX)
-  i = 2 * order.index(method) if method in order else 14
-  return matplotlib.colormaps["tab20"](i + (1 if pruner else 0))
+  i = _ORDER.index(method) if method in _ORDER else len(_ORDER)
+  if i < 10:
+    return matplotlib.colormaps["tab20"](2 * i + (1 if pruner else 0))
+  return matplotlib.colormaps["tab20b"](4 * (i - 10) + (2 if pruner else 0))
 
 
 def _series(problem: str, group: dict, path: str, x_key: str, xlabel: str,

@@ -33,7 +33,8 @@ from hippojax._src import storage as storage_lib
 from hippojax._src.stochastic import engine as single_loop
 from hippojax._src.trials import trial_hparams
 
-GRADIENT_METHODS = outer.GRADIENT_METHODS + single_loop.SINGLE_LOOP
+GRADIENT_METHODS = outer.GRADIENT_METHODS + single_loop.SINGLE_LOOP + (
+    "maid",)
 BLACKBOX_METHODS = ("random", "tpe")
 METHODS = GRADIENT_METHODS + BLACKBOX_METHODS
 
@@ -53,6 +54,11 @@ METHOD_OPTIONS = {
     "soba": {**_SINGLE_LOOP},
     "saba": {**_SINGLE_LOOP},
     "amigo": {**_SINGLE_LOOP, "warm_steps": 5, "linear_steps": 5},
+    # MAID: inner_steps caps each train-to-eps solve; maxiter caps CG.
+    # Defaults measured on logreg-ijcnn1-like and hyper-cleaning-mnist1d (a
+    # first step of 1e3 on u, backtracked; weights trained to 1e-3).
+    "maid": {**_COMMON, "step_size": 1e3, "eps": 1e-3, "delta": 1e-2,
+             "max_backtracks": 8, "maxiter": 100},
     "random": {**_COMMON, "pruner": "none"},
     "tpe": {**_COMMON, "n_startup_trials": 10, "multivariate": False,
             "pruner": "none"},
@@ -63,7 +69,8 @@ _ATTR = "hippojax."  # prefix of the study's user attributes
 
 def _check_option(method: str, name: str, value: Any) -> Any:
   ints = {"inner_steps": 1, "num_iters": 0, "maxiter": 1, "unroll_steps": 1,
-          "n_startup_trials": 0, "warm_steps": 1, "linear_steps": 1}
+          "n_startup_trials": 0, "warm_steps": 1, "linear_steps": 1,
+          "max_backtracks": 1}
   if name in ints:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
       raise TypeError(f"{method} option {name} must be an int, got "
@@ -78,7 +85,8 @@ def _check_option(method: str, name: str, value: Any) -> Any:
       raise ValueError(f"{method} option {name} must be a number >= 0, got "
                        f"{value!r}.")
     return float(value)
-  if name in ("outer_lr", "tol", "linear_rate"):
+  if name in ("outer_lr", "tol", "linear_rate", "step_size", "eps",
+              "delta"):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
       raise TypeError(f"{method} option {name} must be a number, got "
                       f"{value!r}.")
@@ -148,8 +156,9 @@ def create_study(method: str = "hoag", *, storage: Any = None,
       (gradient methods), ``"soba"``, ``"saba"``, ``"amigo"`` (single-loop
       gradient methods for minibatch problems: one trial is a round of
       ``inner_steps`` minibatch steps, see
-      :mod:`hippojax._src.stochastic.engine`) or ``"random"``, ``"tpe"``
-      (Optuna samplers).
+      :mod:`hippojax._src.stochastic.engine`), ``"maid"`` (MAID's adaptive
+      accuracies and line search, full batch, one trial per outer step) or
+      ``"random"``, ``"tpe"`` (Optuna samplers).
     storage: where trials are recorded: ``None`` for the SQLite file
       ``hippojax.db`` in the working directory, a SQLAlchemy URL,
       ``"journal:PATH"`` (or a ``.log`` path) for a journal file,
@@ -186,8 +195,11 @@ def create_study(method: str = "hoag", *, storage: Any = None,
       ``1/sqrt(1 + t/tau)``, ``tau`` that many rounds; 0 keeps it
       constant), ``average`` (True: each trial's hyperparameters are the
       round's mean iterate), ``linear_rate`` (1.0), ``damping`` (0.0);
-      ``amigo``:
-      ``warm_steps`` (5), ``linear_steps`` (5).
+      ``amigo``: ``warm_steps`` (5), ``linear_steps`` (5). ``maid``:
+      ``step_size`` (1e3, on ``u``), ``eps`` (1e-3), ``delta`` (1e-2),
+      ``max_backtracks`` (8), ``maxiter`` (100), see :func:`hippojax.maid`;
+      ``inner_steps`` caps each of its train-to-``eps`` solves, and a
+      trial's ``inner_steps`` attribute counts the steps it really took.
 
   Returns:
     A :class:`Study`.

@@ -144,7 +144,7 @@ def record_gradient_trial(study, problem, step: int, rec: dict, *,
     wall: returns the chain's cumulative wall-clock seconds now.
     inner_steps: training steps of one outer step (and of the retrain).
     extra_steps: training steps the chain spent before this step beyond
-      those (the polishing half steps of earlier steps).
+      those (the polishing half steps of earlier steps; MAID's solves).
 
   Returns:
     ``{"value", "warm_val_loss", "wall_seconds", "inner_steps"}``: what was
@@ -159,7 +159,9 @@ def record_gradient_trial(study, problem, step: int, rec: dict, *,
   # polishing half steps), then the retrain from scratch runs inner_steps
   # more: all count as training spent.
   polished = int(rec.get("polish_steps", 0))
-  spent = 2 * (step + 1) * inner_steps + extra_steps + polished
+  trained = int(rec.get("train_steps", inner_steps))
+  spent = (2 * (step + 1) * inner_steps + extra_steps + polished
+           + trained - inner_steps)
   params, dists, summarised = as_params(space, hparams)
   attrs = {
       "chain": study.seed, "step": step, "method": study.method,
@@ -171,7 +173,7 @@ def record_gradient_trial(study, problem, step: int, rec: dict, *,
       "hypergrad_finite": rec["finite"],
       "fixed_point_residual": rec.get("fixed_point_residual", 0.0),
       "damping": rec.get("damping", 0.0),
-      "polish_steps": polished,
+      "polish_steps": polished, "train_steps": trained,
   }
   if summarised:
     attrs["summarised"] = summarised
@@ -251,4 +253,6 @@ def initial_state(engine, seed: int):
   space = engine.problem.space
   dtype = next(iter(state.u.values())).dtype
   u = space.unconstrain(space.initial(seed), dtype)
+  if engine.optimizer is None:  # MAID: no optimizer state on u
+    return state._replace(u=u)
   return state._replace(u=u, opt_state=engine.optimizer.init(u))

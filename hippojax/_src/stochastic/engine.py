@@ -262,5 +262,6 @@ class SingleLoopEngine:
         fixed_point_residual=hyper.fixed_point_residual,
         damping=jnp.asarray(self.options.get("damping", 0.0),
                             hyper.residual.dtype),
-        polish_steps=jnp.asarray(0, jnp.int32))
+        polish_steps=jnp.asarray(0, jnp.int32),
+        train_steps=jnp.asarray(iters * self.warm, jnp.int32))
     return state._replace(step=state.step + 1), record
