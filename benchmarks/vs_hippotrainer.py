@@ -675,6 +675,10 @@ def torch_markdown(data) -> str:
          "HippoTrainer's `DRMAD` raises on models with more than one layer "
          "(it updates the weights in place, then differentiates through "
          "them); there only hippojax's times are given.", "",
+         *(f"Rerun: `{r['command']}` ({', '.join(r['sizes'])}"
+           f"; load average {r['load'][0]} at its start, {r['load'][1]} at "
+           "its end); the other sizes are from the first command."
+           for r in data.get("reruns", [])), "",
          "GPU: not measured. No GPU was available for this run; the JAX "
          "path runs unchanged on one (JAX picks the device), and the "
          "callback path then needs `device=\"cuda\"` for torch.", ""]
@@ -694,11 +698,28 @@ def torch_main(args):
     cfg = dict(k=5, inner=5, repeats=3, sizes=("seed",))
   else:
     cfg = dict(k=10, inner=20, repeats=11, sizes=TORCH_SIZES)
+  if args.sizes:
+    cfg["sizes"] = tuple(args.sizes.split(","))
+    unknown = set(cfg["sizes"]) - set(TORCH_SIZES)
+    if unknown:
+      raise SystemExit(f"unknown --sizes {sorted(unknown)}; choose from "
+                       f"{', '.join(TORCH_SIZES)}")
   cfg["torch_threads"] = torch.get_num_threads()
   problems = {}
   for name in cfg["sizes"]:
     problems[name] = torch_speed(name, cfg["k"], cfg["inner"],
                                  cfg["repeats"] if name != "mlp1m" else 5)
+  reruns = []
+  if args.sizes:  # merge into the earlier run, keeping its other sizes
+    old = _common.read("vs_hippotrainer_torch", args.out)
+    reruns = old.get("reruns", []) + [
+        {"sizes": list(cfg["sizes"]), "load": [load_before, _common.load()],
+         "command": _common.command()}]
+    problems = {n: problems.get(n, old["problems"].get(n))
+                for n in TORCH_SIZES
+                if n in problems or n in old["problems"]}
+    cfg = dict(old["config"], torch_threads=cfg["torch_threads"])
+    load_before, first_command = old["load_before"], old["command"]
   worst = (float("inf"), "")
   for name, prob in problems.items():
     for method, e in prob["methods"].items():
@@ -711,10 +732,11 @@ def torch_main(args):
   dev = jax.devices()[0]
   data = dict(quick=args.quick, config=cfg, problems=problems, goal=goal,
               device=f"{dev.platform} ({dev.device_kind})",
-              command=_common.command(), machine=_common.machine(),
+              command=(first_command if args.sizes else _common.command()),
+              machine=_common.machine(),
               cpu=_common.cpu_model(), torch=torch.__version__,
               load_before=load_before, load_after=_common.load(),
-              seconds=time.perf_counter() - start)
+              seconds=time.perf_counter() - start, reruns=reruns)
   _common.write("vs_hippotrainer_torch", data, torch_markdown(data),
                 args.out)
   print(torch_markdown(data))
@@ -918,6 +940,9 @@ def main():
   parser.add_argument("--torch-models", action="store_true",
                       help="only the speed of torch-defined models, on "
                       "hippojax.torch's JAX and callback paths")
+  parser.add_argument("--sizes", help="with --torch-models: comma-separated "
+                      f"subset of {', '.join(TORCH_SIZES)} to rerun; their "
+                      "entries replace those in the existing results")
   args = parser.parse_args()
   if args.torch_models:
     torch_main(args)
