@@ -71,6 +71,14 @@ def _run(tx, kind, steps, outer_lr=0.02, seed=1):
   return np.asarray(lams[steps // 2:].mean(0)), np.asarray(lam), state
 
 
+def _cli_options(method, *flags):
+  """The method options ``hippojax run --method METHOD FLAGS`` passes on."""
+  from hippojax._src import cli
+  args = cli.build_parser().parse_args(
+      ["run", "--problem", "logreg-ijcnn1-like", "--method", method, *flags])
+  return cli._method_options(args, method)  # pylint: disable=W0212
+
+
 def _rel(a, b):
   return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
@@ -289,12 +297,8 @@ def test_single_loop_study_records_rounds_and_cli_accepts_methods(tmp_path):
     hippojax.create_study("amigo", linear_steps=0)
   with pytest.raises(ValueError, match="unknown option 'linear_steps'"):
     hippojax.create_study("soba", linear_steps=3)
-  from hippojax._src import cli
-  args = cli.build_parser().parse_args(
-      ["run", "--problem", "logreg-ijcnn1-like", "--method", "amigo",
-       "--linear-steps", "2", "--warm-steps", "2"])
-  assert cli._method_options(args, "amigo") == {  # pylint: disable=W0212
-      "linear_steps": 2, "warm_steps": 2}
+  assert _cli_options("amigo", "--linear-steps", "2", "--warm-steps",
+                      "2") == {"linear_steps": 2, "warm_steps": 2}
 
 
 def test_chain_rounds_report_the_mean_iterate_under_the_decayed_step():
@@ -343,16 +347,9 @@ def test_single_loop_options_are_checked_and_reach_the_cli():
     hippojax.create_study("saba", average="yes")
   with pytest.raises(ValueError, match="unknown option 'decay_rounds'"):
     hippojax.create_study("hoag", decay_rounds=2)
-  from hippojax._src import cli
-  args = cli.build_parser().parse_args(
-      ["run", "--problem", "logreg-ijcnn1-like", "--method", "soba",
-       "--decay-rounds", "0", "--last-iterate"])
-  assert cli._method_options(args, "soba") == {  # pylint: disable=W0212
+  assert _cli_options("soba", "--decay-rounds", "0", "--last-iterate") == {
       "decay_rounds": 0.0, "average": False}
-  args = cli.build_parser().parse_args(
-      ["run", "--problem", "logreg-ijcnn1-like", "--method", "hoag",
-       "--last-iterate"])
-  assert cli._method_options(args, "hoag") == {}  # pylint: disable=W0212
+  assert _cli_options("hoag", "--last-iterate") == {}
 
 
 def test_maid_study_counts_the_steps_it_really_trained_across_a_resume(
@@ -379,12 +376,9 @@ def test_maid_study_counts_the_steps_it_really_trained_across_a_resume(
     hippojax.create_study("maid", eps=0.0)
   with pytest.raises(ValueError, match="unknown option 'outer_lr'"):
     hippojax.create_study("maid", outer_lr=0.1)
-  from hippojax._src import cli
-  args = cli.build_parser().parse_args(
-      ["run", "--problem", "logreg-ijcnn1-like", "--method", "maid",
-       "--eps", "1e-4", "--max-backtracks", "3", "--maxiter", "20"])
-  assert cli._method_options(args, "maid") == {  # pylint: disable=W0212
-      "eps": 1e-4, "max_backtracks": 3, "maxiter": 20}
+  assert _cli_options("maid", "--eps", "1e-4", "--max-backtracks", "3",
+                      "--maxiter", "20") == {
+                          "eps": 1e-4, "max_backtracks": 3, "maxiter": 20}
 
 
 def test_maid_step_is_one_compiled_step_of_the_loop():

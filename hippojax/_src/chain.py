@@ -128,14 +128,6 @@ def _progress(show: bool, total, initial: int, desc: str):
               dynamic_ncols=True)
 
 
-def _extra_steps(rec, per_step: int) -> int:
-  """Training steps a recorded step took beyond ``per_step`` (a record or a
-  trial's attributes; trials from before ``train_steps`` took ``per_step``)."""
-  train = rec.get("train_steps")
-  return (int(rec.get("polish_steps") or 0)
-          + (int(train) - per_step if train is not None else 0))
-
-
 def _host_record(rec) -> dict:
   rec = jax.device_get(rec)
   return {
@@ -214,7 +206,7 @@ def run_gradient(study, problem, options, n_steps, timeout, checkpointer,
   per_step = engine.inner_steps
   # Training beyond inner_steps per step (polishing half steps; MAID's
   # train-to-ε solves, more or fewer) counts in the chain's inner_steps.
-  extra = sum(_extra_steps(t.user_attrs, per_step)
+  extra = sum(trials_lib.extra_training(t.user_attrs, per_step)
               for k, t in recorded.items()
               if isinstance(k, int) and k < step)
   limit = study.max_failed_steps
@@ -258,7 +250,7 @@ def run_gradient(study, problem, options, n_steps, timeout, checkpointer,
         if math.isfinite(out["value"]):
           best = min(best, out["value"])
       # The trial is recorded: only now does the chain move on.
-      extra += _extra_steps(rec, per_step)
+      extra += trials_lib.extra_training(rec, per_step)
       state, wall, step = new_state, new_wall, step + 1
       study._live[study.seed] = (engine, state, wall)  # pylint: disable=protected-access
       streak = streak + 1 if failed else 0

@@ -123,6 +123,18 @@ def _json_float(v):
   return v
 
 
+def extra_training(rec, inner_steps: int) -> int:
+  """Training steps one outer step took beyond ``inner_steps``: its
+  polishing half steps, and MAID's train-to-ε solves (more or fewer).
+
+  ``rec`` is a step's host record or a recorded trial's attributes; trials
+  recorded before ``train_steps`` existed trained ``inner_steps``.
+  """
+  trained = rec.get("train_steps")
+  return (int(rec.get("polish_steps") or 0)
+          + (int(trained) - inner_steps if trained is not None else 0))
+
+
 def record_gradient_trial(study, problem, step: int, rec: dict, *,
                           started: datetime.datetime,
                           wall: Callable[[], float],
@@ -160,8 +172,8 @@ def record_gradient_trial(study, problem, step: int, rec: dict, *,
   # more: all count as training spent.
   polished = int(rec.get("polish_steps", 0))
   trained = int(rec.get("train_steps", inner_steps))
-  spent = (2 * (step + 1) * inner_steps + extra_steps + polished
-           + trained - inner_steps)
+  spent = 2 * (step + 1) * inner_steps + extra_steps + extra_training(
+      rec, inner_steps)
   params, dists, summarised = as_params(space, hparams)
   attrs = {
       "chain": study.seed, "step": step, "method": study.method,

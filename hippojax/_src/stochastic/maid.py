@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import optax
 
 from hippojax._src import checks
+from hippojax._src.base import all_finite
 from hippojax._src import implicit as implicit_lib
 from hippojax._src import solvers as solvers_lib
 
@@ -187,11 +188,8 @@ def maid_step(train_step: Callable, val_loss: Callable, state: MaidState,
       cond, body, (jnp.asarray(0, jnp.int32), state.step_size,
                    jnp.asarray(False), w, jnp.asarray(0, jnp.int32)))
   cand = optax.tree.add_scale(lam, -alpha, h)
-  pick = lambda a, b: jax.tree.map(lambda x, y: jnp.where(accepted, x, y),
-                                   a, b)
-  ok_z = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x))
-                              for x in jax.tree.leaves(z)]))
-  z = jax.tree.map(lambda x: jnp.where(ok_z, x, jnp.zeros_like(x)), z)
+  pick = lambda a, b: optax.tree.where(accepted, a, b)
+  z = optax.tree.where(all_finite(z), z, optax.tree.zeros_like(z))
   new = MaidState(
       hparams=pick(cand, lam), params=pick(w_c, w), solution=z,
       # accepted: grow α by 1/0.9; else undo the search's halvings
